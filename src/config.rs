@@ -1,0 +1,286 @@
+//! Command-line flags, their defaults, and validation.
+//!
+//! Every flag of PROTOCOL.md lives here with its default. Durations take whole seconds
+//! (`30`) or a number with a unit (`500ms`, `30s`, `5m`, `1h`); sizes take bytes or a
+//! unit (`64KiB`, `1MiB`, `1KB`). A bad value is a clear message and exit status 2
+//! (clap's convention), never a panic.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Parsed, validated configuration. `Server::start` takes it as is.
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "holdfast",
+    version,
+    about = "HTTP/1.1 long-polling and Server-Sent-Events pub/sub server",
+    long_about = "HTTP/1.1 long-polling and Server-Sent-Events pub/sub server.\n\n\
+        Subscribers hang GET /sub/{channel} on the public listener; publishers POST to \
+        /pub/{channel} on the admin listener. Durations: 30, 500ms, 30s, 5m, 1h. \
+        Sizes: 65536, 64KiB, 1MiB."
+)]
+pub struct Config {
+    /// Public listener: subscribers (/sub/…) and /health.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Admin listener: publishers (/pub/…), /stats, /metrics, /health.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8081")]
+    pub admin_listen: SocketAddr,
+
+    /// Event-loop threads [default: number of cores].
+    #[arg(long, value_name = "N", value_parser = parse_threads)]
+    pub threads: Option<usize>,
+
+    /// Long-poll hold when the client gives no ?timeout=.
+    #[arg(long, value_name = "DUR", default_value = "30s", value_parser = parse_duration)]
+    pub poll_timeout: Duration,
+
+    /// Upper clamp for ?timeout=.
+    #[arg(long, value_name = "DUR", default_value = "120s", value_parser = parse_duration)]
+    pub max_poll_timeout: Duration,
+
+    /// Messages kept per channel.
+    #[arg(long, value_name = "N", default_value = "16", value_parser = parse_buffer_messages)]
+    pub buffer_messages: usize,
+
+    /// Age after which a buffered message is evicted.
+    #[arg(long, value_name = "DUR", default_value = "1h", value_parser = parse_duration)]
+    pub message_ttl: Duration,
+
+    /// Largest publish body.
+    #[arg(long, value_name = "SIZE", default_value = "64KiB", value_parser = parse_size)]
+    pub max_message_size: u64,
+
+    /// Time allowed to send a request head (slow-loris defence).
+    #[arg(long, value_name = "DUR", default_value = "10s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+
+    /// Idle keep-alive before close; also the limit on a response the client won't read.
+    #[arg(long, value_name = "DUR", default_value = "60s", value_parser = parse_duration)]
+    pub keepalive_timeout: Duration,
+
+    /// Connection cap; beyond it new connections get 503 and are closed
+    /// [default: from the open-file limit].
+    #[arg(long, value_name = "N", value_parser = parse_positive)]
+    pub max_connections: Option<usize>,
+
+    /// Comment-line interval on idle SSE streams.
+    #[arg(long, value_name = "DUR", default_value = "15s", value_parser = parse_duration)]
+    pub sse_heartbeat: Duration,
+
+    /// Unsent bytes per SSE stream before it is cut off.
+    #[arg(long, value_name = "SIZE", default_value = "256KiB", value_parser = parse_size)]
+    pub sse_max_backlog: u64,
+}
+
+/// Most threads a server may run: publish notifications use one bit per worker.
+pub const MAX_THREADS: usize = 64;
+
+impl Config {
+    /// Defaults for everything, listening on free loopback ports (for tests and embedding).
+    pub fn for_tests() -> Config {
+        let mut c = Config::parse_from(["holdfast"]);
+        c.listen = "127.0.0.1:0".parse().expect("literal address");
+        c.admin_listen = "127.0.0.1:0".parse().expect("literal address");
+        c
+    }
+
+    /// Threads actually used: the flag, or the number of cores (capped at [`MAX_THREADS`]).
+    pub fn thread_count(&self) -> usize {
+        self.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+                .min(MAX_THREADS)
+        })
+    }
+
+    /// Cross-flag checks clap cannot express. Returns a message for the user.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.poll_timeout > self.max_poll_timeout {
+            return Err(format!(
+                "--poll-timeout ({}) must not exceed --max-poll-timeout ({})",
+                fmt_duration(self.poll_timeout),
+                fmt_duration(self.max_poll_timeout)
+            ));
+        }
+        if self.header_timeout.is_zero() {
+            return Err("--header-timeout must be greater than 0".into());
+        }
+        if self.keepalive_timeout.is_zero() {
+            return Err("--keepalive-timeout must be greater than 0".into());
+        }
+        if self.sse_heartbeat.is_zero() {
+            return Err("--sse-heartbeat must be greater than 0".into());
+        }
+        if self.message_ttl.is_zero() {
+            return Err("--message-ttl must be greater than 0".into());
+        }
+        if self.max_message_size == 0 {
+            return Err("--max-message-size must be greater than 0".into());
+        }
+        if self.listen == self.admin_listen && self.listen.port() != 0 {
+            return Err(format!(
+                "--listen and --admin-listen are both {}; publishing must stay off the public listener",
+                self.listen
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn fmt_duration(d: Duration) -> String {
+    format!("{}ms", d.as_millis())
+}
+
+fn parse_threads(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a whole number"))?;
+    if n == 0 || n > MAX_THREADS {
+        return Err(format!("must be between 1 and {MAX_THREADS}"));
+    }
+    Ok(n)
+}
+
+fn parse_positive(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a whole number"))?;
+    if n == 0 {
+        return Err("must be at least 1".into());
+    }
+    Ok(n)
+}
+
+fn parse_buffer_messages(s: &str) -> Result<usize, String> {
+    let n = parse_positive(s)?;
+    if n > 1 << 20 {
+        return Err("must be at most 1048576".into());
+    }
+    Ok(n)
+}
+
+/// Splits `"500ms"` into `(500, "ms")`; the number may not be empty.
+fn split_unit(s: &str) -> Result<(u64, &str), String> {
+    let s = s.trim();
+    let end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(end);
+    if num.is_empty() {
+        return Err(format!("'{s}' does not start with a number"));
+    }
+    let n = num
+        .parse::<u64>()
+        .map_err(|_| format!("'{num}' is too large"))?;
+    Ok((n, unit.trim()))
+}
+
+/// Parses `30`, `30s`, `500ms`, `5m`, `1h` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (n, unit) = split_unit(s)?;
+    let ms_per = match unit {
+        "" | "s" | "sec" => 1000,
+        "ms" => 1,
+        "m" | "min" => 60_000,
+        "h" => 3_600_000,
+        _ => return Err(format!("unknown unit '{unit}' (use ms, s, m or h)")),
+    };
+    let ms = n
+        .checked_mul(ms_per)
+        .filter(|ms| *ms <= 100 * 365 * 86_400_000)
+        .ok_or_else(|| format!("'{s}' is too long"))?;
+    Ok(Duration::from_millis(ms))
+}
+
+/// Parses `65536`, `64KiB`, `1MiB`, `1GiB`, `64KB`, `64k` (bytes when bare).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let (n, unit) = split_unit(s)?;
+    let mult: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        _ => {
+            return Err(format!(
+                "unknown unit '{unit}' (use B, KiB, MiB, GiB, KB, MB, GB)"
+            ))
+        }
+    };
+    n.checked_mul(mult)
+        .filter(|b| *b <= 1 << 40)
+        .ok_or_else(|| format!("'{s}' is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        let ok = [
+            ("30", 30_000),
+            ("30s", 30_000),
+            ("500ms", 500),
+            ("5m", 300_000),
+            ("1h", 3_600_000),
+            ("0", 0),
+        ];
+        for (s, ms) in ok {
+            assert_eq!(parse_duration(s), Ok(Duration::from_millis(ms)), "{s}");
+        }
+        for bad in ["", "s", "-1", "1.5s", "10 parsecs", "99999999999999999999"] {
+            assert!(parse_duration(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        let ok = [
+            ("65536", 65536),
+            ("64KiB", 65536),
+            ("1MiB", 1 << 20),
+            ("1kb", 1000),
+            ("2GiB", 2 << 30),
+        ];
+        for (s, n) in ok {
+            assert_eq!(parse_size(s), Ok(n), "{s}");
+        }
+        for bad in ["", "KiB", "1TiB", "-5", "1.5MiB"] {
+            assert!(parse_size(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn defaults_match_protocol() {
+        let c = Config::parse_from(["holdfast"]);
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.admin_listen.to_string(), "127.0.0.1:8081");
+        assert_eq!(c.poll_timeout, Duration::from_secs(30));
+        assert_eq!(c.max_poll_timeout, Duration::from_secs(120));
+        assert_eq!(c.buffer_messages, 16);
+        assert_eq!(c.message_ttl, Duration::from_secs(3600));
+        assert_eq!(c.max_message_size, 65536);
+        assert_eq!(c.header_timeout, Duration::from_secs(10));
+        assert_eq!(c.keepalive_timeout, Duration::from_secs(60));
+        assert_eq!(c.sse_heartbeat, Duration::from_secs(15));
+        assert_eq!(c.sse_max_backlog, 256 * 1024);
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn cross_flag_validation() {
+        let c = Config::parse_from(["holdfast", "--poll-timeout", "200s"]);
+        assert!(c.validate().unwrap_err().contains("--max-poll-timeout"));
+        assert!(Config::try_parse_from(["holdfast", "--threads", "0"]).is_err());
+        assert!(Config::try_parse_from(["holdfast", "--threads", "65"]).is_err());
+        assert!(Config::try_parse_from(["holdfast", "--listen", "nowhere"]).is_err());
+    }
+}

@@ -1,0 +1,638 @@
+//! The channel registry and per-channel message buffers, shared by all workers.
+//!
+//! Owns: channels (name → bounded ring of messages), message ids, TTL eviction, gap
+//! bookkeeping, and the count of subscribers per channel together with a bitmask of the
+//! workers that hold them. It does no I/O: callers pass `now` (milliseconds on any
+//! monotonic clock) and receive [`Note`]s through a callback to forward to workers.
+//!
+//! Invariants:
+//! - Ids are strictly increasing across **all** channels: one counter, seeded from the
+//!   wall clock in microseconds, advanced under the store lock.
+//! - One lock covers the whole store. That is what makes a multi-channel cursor sound:
+//!   with ids global, a subscriber's "oldest message newer than my cursor on any of these
+//!   channels" must see every message with a smaller id already appended, and notes must
+//!   reach each worker in id order. Per-channel locks would allow a higher id to become
+//!   visible before a lower one on another channel, and a looping client would skip it.
+//!   Cost: publish and subscribe each take the lock once for O(channels in the request);
+//!   fan-out to parked subscribers happens in the workers, outside the lock.
+//! - A channel with no buffered messages and no subscribers is freed at once.
+//! - Every non-empty channel has exactly one entry in the expiry heap, whose time is no
+//!   later than its oldest message's expiry; so the TTL sweep costs O(log channels) per
+//!   channel it touches, and nothing per idle channel.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use slab::Slab;
+
+/// Longest channel name.
+pub const MAX_CHANNEL_NAME: usize = 128;
+/// Most channels in one subscribe request.
+pub const MAX_CHANNELS_PER_SUB: usize = 64;
+
+/// Identifies one incarnation of a channel: a deleted and re-created channel gets a new
+/// key, so a stale note or unsubscribe for the old one is ignored. Slot index in the low
+/// 32 bits, generation in the high 32.
+pub type ChannelKey = u64;
+
+/// `[A-Za-z0-9._~:@-]{1,128}`.
+pub fn valid_channel_name(name: &[u8]) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_CHANNEL_NAME
+        && name
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b"._~:@-".contains(&b))
+}
+
+/// One published message. Shared (`Arc`) between the buffer and every delivery.
+#[derive(Debug)]
+pub struct Message {
+    pub id: u64,
+    pub channel: Arc<str>,
+    /// As published; `None` means `application/octet-stream`.
+    pub content_type: Option<Bytes>,
+    pub payload: Bytes,
+    expires_at: u64,
+}
+
+/// What a worker is told about a channel it has subscribers on.
+#[derive(Debug, Clone)]
+pub enum Note {
+    /// A new message; `evicted_max` is the channel's newest evicted id at publish time
+    /// (a subscriber whose cursor is below it has missed something).
+    Message {
+        key: ChannelKey,
+        msg: Arc<Message>,
+        evicted_max: u64,
+    },
+    /// The channel was deleted; its subscribers get 410 / `event: deleted`.
+    Deleted { key: ChannelKey },
+}
+
+/// Where a subscriber starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cursor {
+    /// Messages with id greater than this (`0`: everything buffered).
+    Since(u64),
+    /// Only messages published after now.
+    Latest,
+}
+
+/// Result of [`Store::subscribe`].
+#[derive(Debug)]
+pub enum Subscribed {
+    /// The oldest message newer than the cursor on any of the channels.
+    Ready { msg: Arc<Message>, lost: bool },
+    /// Nothing to deliver. If `park` was requested, the subscriber is now registered on
+    /// every channel (keys written to the caller's slice) and must later be
+    /// unsubscribed. `cursor` is the effective cursor; `lost` says a gap already exists.
+    Waiting { cursor: u64, lost: bool },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishInfo {
+    pub id: u64,
+    pub subscribers: u32,
+    pub buffered: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelInfo {
+    pub buffered: usize,
+    pub subscribers: u32,
+    pub first_id: u64,
+    pub last_id: u64,
+    pub evicted_max: u64,
+    pub bytes: usize,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    pub channels: usize,
+    pub messages_buffered: usize,
+    pub bytes_buffered: usize,
+    pub published: u64,
+    pub last_id: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct StoreConfig {
+    pub buffer_messages: usize,
+    pub message_ttl_ms: u64,
+}
+
+struct Channel {
+    name: Arc<str>,
+    gen: u32,
+    ring: VecDeque<Arc<Message>>,
+    /// Newest id evicted from this channel (0: none).
+    evicted_max: u64,
+    /// Newest id ever published here (0: none).
+    last_id: u64,
+    subscribers: u32,
+    /// Bit `w` set while worker `w` holds subscribers here.
+    workers: u64,
+    bytes: usize,
+}
+
+struct Inner {
+    slots: Slab<Channel>,
+    by_name: HashMap<Arc<str>, usize>,
+    expiry: BinaryHeap<Reverse<(u64, ChannelKey)>>,
+    next_gen: u32,
+    last_id: u64,
+    published: u64,
+    buffered: usize,
+    bytes: usize,
+}
+
+/// The shared store. Cheap to share behind an `Arc`.
+pub struct Store {
+    cfg: StoreConfig,
+    inner: Mutex<Inner>,
+}
+
+fn key_of(slot: usize, gen: u32) -> ChannelKey {
+    (u64::from(gen) << 32) | slot as u64
+}
+
+impl Inner {
+    fn channel(&mut self, key: ChannelKey) -> Option<&mut Channel> {
+        let slot = (key & 0xffff_ffff) as usize;
+        let gen = (key >> 32) as u32;
+        self.slots.get_mut(slot).filter(|c| c.gen == gen)
+    }
+
+    fn free_if_unused(&mut self, slot: usize) {
+        let c = &self.slots[slot];
+        if c.ring.is_empty() && c.subscribers == 0 {
+            let c = self.slots.remove(slot);
+            self.by_name.remove(&c.name);
+        }
+    }
+
+    /// Evicts the oldest message of `slot` (ring overflow or TTL).
+    fn evict_front(&mut self, slot: usize) {
+        let c = &mut self.slots[slot];
+        if let Some(m) = c.ring.pop_front() {
+            c.evicted_max = c.evicted_max.max(m.id);
+            c.bytes -= m.payload.len();
+            self.buffered -= 1;
+            self.bytes -= m.payload.len();
+        }
+    }
+
+    fn slot_for_subscribe(&mut self, name: &str) -> usize {
+        if let Some(&slot) = self.by_name.get(name) {
+            return slot;
+        }
+        let name: Arc<str> = Arc::from(name);
+        self.next_gen = self.next_gen.wrapping_add(1);
+        let slot = self.slots.insert(Channel {
+            name: name.clone(),
+            gen: self.next_gen,
+            ring: VecDeque::new(),
+            evicted_max: 0,
+            last_id: 0,
+            subscribers: 0,
+            workers: 0,
+            bytes: 0,
+        });
+        self.by_name.insert(name, slot);
+        slot
+    }
+}
+
+impl Store {
+    pub fn new(cfg: StoreConfig) -> Store {
+        let seed = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| d.as_micros() as u64);
+        Store::with_seed(cfg, seed)
+    }
+
+    /// A store whose first id will be `seed + 1` (tests).
+    pub fn with_seed(cfg: StoreConfig, seed: u64) -> Store {
+        Store {
+            cfg,
+            inner: Mutex::new(Inner {
+                slots: Slab::new(),
+                by_name: HashMap::new(),
+                expiry: BinaryHeap::new(),
+                next_gen: 0,
+                last_id: seed,
+                published: 0,
+                buffered: 0,
+                bytes: 0,
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A poisoned lock means a worker panicked mid-update; the data is still the
+        // last consistent state of each field we touch, and refusing service would turn
+        // one bug into an outage, so keep going.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Appends a message and hands a [`Note`] for it to `notify(workers_mask, note)`
+    /// while still holding the lock, so every worker sees notes in id order.
+    pub fn publish(
+        &self,
+        channel: &str,
+        content_type: Option<Bytes>,
+        payload: Bytes,
+        now: u64,
+        mut notify: impl FnMut(u64, Note),
+    ) -> PublishInfo {
+        let mut g = self.lock();
+        let inner = &mut *g;
+        Self::sweep_locked(inner, now);
+        let slot = inner.slot_for_subscribe(channel);
+        inner.last_id += 1;
+        inner.published += 1;
+        let id = inner.last_id;
+        let cap = self.cfg.buffer_messages;
+        let c = &mut inner.slots[slot];
+        let msg = Arc::new(Message {
+            id,
+            channel: c.name.clone(),
+            content_type,
+            payload,
+            expires_at: now.saturating_add(self.cfg.message_ttl_ms),
+        });
+        let was_empty = c.ring.is_empty();
+        c.bytes += msg.payload.len();
+        c.last_id = id;
+        c.ring.push_back(msg.clone());
+        inner.buffered += 1;
+        inner.bytes += msg.payload.len();
+        while inner.slots[slot].ring.len() > cap {
+            inner.evict_front(slot);
+        }
+        let c = &inner.slots[slot];
+        let key = key_of(slot, c.gen);
+        let info = PublishInfo {
+            id,
+            subscribers: c.subscribers,
+            buffered: c.ring.len(),
+        };
+        if c.workers != 0 {
+            notify(
+                c.workers,
+                Note::Message {
+                    key,
+                    msg: msg.clone(),
+                    evicted_max: c.evicted_max,
+                },
+            );
+        }
+        if was_empty {
+            inner.expiry.push(Reverse((msg.expires_at, key)));
+        }
+        info
+    }
+
+    /// Looks for the oldest message newer than `cursor` on `names`. If there is none and
+    /// `park` is set, registers one subscriber of worker `worker` on each channel
+    /// (creating it if needed) and writes the channel keys to `keys[..names.len()]`.
+    ///
+    /// Names must already be valid (see [`valid_channel_name`]).
+    pub fn subscribe(
+        &self,
+        names: &[&str],
+        cursor: Cursor,
+        park: Option<(usize, &mut [ChannelKey])>,
+        now: u64,
+    ) -> Subscribed {
+        let mut g = self.lock();
+        let inner = &mut *g;
+        Self::sweep_locked(inner, now);
+        let cursor = match cursor {
+            Cursor::Since(c) => c,
+            Cursor::Latest => inner.last_id,
+        };
+        let mut best: Option<&Arc<Message>> = None;
+        let mut lost = false;
+        for name in names {
+            let Some(&slot) = inner.by_name.get(*name) else {
+                continue;
+            };
+            let c = &inner.slots[slot];
+            lost |= cursor != 0 && c.evicted_max > cursor;
+            // Ids in a ring are increasing: binary search for the first id > cursor.
+            let i = c.ring.partition_point(|m| m.id <= cursor);
+            if let Some(m) = c.ring.get(i) {
+                if best.is_none_or(|b| m.id < b.id) {
+                    best = Some(m);
+                }
+            }
+        }
+        if let Some(m) = best {
+            return Subscribed::Ready {
+                msg: m.clone(),
+                lost,
+            };
+        }
+        if let Some((worker, keys)) = park {
+            for (name, key) in names.iter().zip(keys.iter_mut()) {
+                let slot = inner.slot_for_subscribe(name);
+                let c = &mut inner.slots[slot];
+                c.subscribers += 1;
+                c.workers |= 1 << worker;
+                *key = key_of(slot, c.gen);
+            }
+        }
+        Subscribed::Waiting { cursor, lost }
+    }
+
+    /// Removes `n` subscribers of worker `worker` from channel `key`; `worker_done` says
+    /// the worker holds no more subscribers there. Unknown (deleted) keys are ignored.
+    pub fn unsubscribe(&self, key: ChannelKey, worker: usize, n: u32, worker_done: bool) {
+        let mut g = self.lock();
+        let inner = &mut *g;
+        let slot = (key & 0xffff_ffff) as usize;
+        let Some(c) = inner.channel(key) else {
+            return;
+        };
+        debug_assert!(
+            c.subscribers >= n,
+            "unsubscribe {n} from {} with {} subscribers",
+            c.name,
+            c.subscribers
+        );
+        c.subscribers = c.subscribers.saturating_sub(n);
+        if worker_done {
+            c.workers &= !(1 << worker);
+        }
+        inner.free_if_unused(slot);
+    }
+
+    /// Deletes a channel: drops its messages and hands `Note::Deleted` to the workers
+    /// holding subscribers there. Returns false if the channel did not exist.
+    pub fn delete(&self, name: &str, mut notify: impl FnMut(u64, Note)) -> bool {
+        let mut g = self.lock();
+        let inner = &mut *g;
+        let Some(slot) = inner.by_name.remove(name) else {
+            return false;
+        };
+        let c = inner.slots.remove(slot);
+        inner.buffered -= c.ring.len();
+        inner.bytes -= c.bytes;
+        if c.workers != 0 {
+            notify(
+                c.workers,
+                Note::Deleted {
+                    key: key_of(slot, c.gen),
+                },
+            );
+        }
+        true
+    }
+
+    pub fn info(&self, name: &str, now: u64) -> Option<ChannelInfo> {
+        let mut g = self.lock();
+        let inner = &mut *g;
+        Self::sweep_locked(inner, now);
+        let &slot = inner.by_name.get(name)?;
+        let c = &inner.slots[slot];
+        Some(ChannelInfo {
+            buffered: c.ring.len(),
+            subscribers: c.subscribers,
+            first_id: c.ring.front().map_or(0, |m| m.id),
+            last_id: c.last_id,
+            evicted_max: c.evicted_max,
+            bytes: c.bytes,
+        })
+    }
+
+    /// Evicts messages older than the TTL. Workers call it about once a second; publish,
+    /// subscribe and info also call it, so a reader never sees an expired message.
+    pub fn expire(&self, now: u64) {
+        Self::sweep_locked(&mut self.lock(), now);
+    }
+
+    fn sweep_locked(inner: &mut Inner, now: u64) {
+        while let Some(&Reverse((at, key))) = inner.expiry.peek() {
+            if at > now {
+                break;
+            }
+            inner.expiry.pop();
+            let slot = (key & 0xffff_ffff) as usize;
+            if inner.channel(key).is_none() {
+                continue; // deleted or freed since
+            }
+            while inner.slots[slot]
+                .ring
+                .front()
+                .is_some_and(|m| m.expires_at <= now)
+            {
+                inner.evict_front(slot);
+            }
+            let c = &inner.slots[slot];
+            if let Some(front) = c.ring.front() {
+                inner.expiry.push(Reverse((front.expires_at, key)));
+            } else {
+                inner.free_if_unused(slot);
+            }
+        }
+    }
+
+    pub fn stats(&self) -> StoreStats {
+        let g = self.lock();
+        StoreStats {
+            channels: g.slots.len(),
+            messages_buffered: g.buffered,
+            bytes_buffered: g.bytes,
+            published: g.published,
+            last_id: g.last_id,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(buffer: usize, ttl: u64) -> Store {
+        Store::with_seed(
+            StoreConfig {
+                buffer_messages: buffer,
+                message_ttl_ms: ttl,
+            },
+            1000,
+        )
+    }
+
+    fn publish(s: &Store, ch: &str, body: &'static str, now: u64) -> u64 {
+        s.publish(
+            ch,
+            None,
+            Bytes::from_static(body.as_bytes()),
+            now,
+            |_, _| {},
+        )
+        .id
+    }
+
+    fn ready(r: Subscribed) -> (u64, bool) {
+        match r {
+            Subscribed::Ready { msg, lost } => (msg.id, lost),
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn channel_names() {
+        let table: &[(&[u8], bool)] = &[
+            (b"a", true),
+            (b"user.42:inbox@eu-1~x_y", true),
+            (b"", false),
+            (b"a b", false),
+            (b"a/b", false),
+            (b"a,b", false),
+            (b"%41", false),
+            ("é".as_bytes(), false),
+        ];
+        for (name, ok) in table {
+            assert_eq!(valid_channel_name(name), *ok, "{:?}", name);
+        }
+        assert!(valid_channel_name(&[b'x'; 128]));
+        assert!(!valid_channel_name(&[b'x'; 129]));
+    }
+
+    #[test]
+    fn ids_increase_across_channels_from_the_seed() {
+        let s = store(16, 60_000);
+        let a = publish(&s, "a", "1", 0);
+        let b = publish(&s, "b", "2", 0);
+        let c = publish(&s, "a", "3", 0);
+        assert_eq!((a, b, c), (1001, 1002, 1003));
+        assert!(Store::new(s.cfg).stats().last_id > 1_600_000_000_000_000);
+    }
+
+    #[test]
+    fn oldest_newer_than_cursor_in_order() {
+        let s = store(16, 60_000);
+        let ids: Vec<u64> = (0..5).map(|_| publish(&s, "a", "x", 0)).collect();
+        let mut cursor = 0;
+        for want in &ids {
+            let (id, lost) = ready(s.subscribe(&["a"], Cursor::Since(cursor), None, 0));
+            assert_eq!((id, lost), (*want, false));
+            cursor = id;
+        }
+        assert!(matches!(
+            s.subscribe(&["a"], Cursor::Since(cursor), None, 0),
+            Subscribed::Waiting { cursor: c, lost: false } if c == cursor
+        ));
+    }
+
+    #[test]
+    fn multi_channel_picks_oldest_across_channels() {
+        let s = store(16, 60_000);
+        let a1 = publish(&s, "a", "x", 0);
+        let b1 = publish(&s, "b", "x", 0);
+        let a2 = publish(&s, "a", "x", 0);
+        let mut seen = vec![];
+        let mut cursor = 0;
+        while let Subscribed::Ready { msg, .. } =
+            s.subscribe(&["b", "a", "zzz"], Cursor::Since(cursor), None, 0)
+        {
+            seen.push(msg.id);
+            cursor = msg.id;
+        }
+        assert_eq!(seen, vec![a1, b1, a2]);
+    }
+
+    #[test]
+    fn latest_cursor_skips_existing_messages() {
+        let s = store(16, 60_000);
+        let last = publish(&s, "a", "x", 0);
+        match s.subscribe(&["a"], Cursor::Latest, None, 0) {
+            Subscribed::Waiting { cursor, .. } => assert_eq!(cursor, last),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn overflow_eviction_reports_gap_but_not_for_since_zero() {
+        let s = store(2, 60_000);
+        let first = publish(&s, "a", "1", 0);
+        publish(&s, "a", "2", 0);
+        let third = publish(&s, "a", "3", 0);
+        let (id, lost) = ready(s.subscribe(&["a"], Cursor::Since(0), None, 0));
+        assert_eq!((id, lost), (first + 1, false));
+        // Cursor older than the evicted message `first`.
+        let (id, lost) = ready(s.subscribe(&["a"], Cursor::Since(first - 1), None, 0));
+        assert_eq!((id, lost), (first + 1, true));
+        // Cursor at the evicted message: nothing lost.
+        let (id, lost) = ready(s.subscribe(&["a"], Cursor::Since(first), None, 0));
+        assert_eq!((id, lost), (first + 1, false));
+        assert_eq!(s.info("a", 0).unwrap().buffered, 2);
+        assert_eq!(s.info("a", 0).unwrap().last_id, third);
+    }
+
+    #[test]
+    fn ttl_evicts_and_frees_channel() {
+        let s = store(16, 1000);
+        let id = publish(&s, "a", "1", 0);
+        publish(&s, "a", "2", 500);
+        s.expire(999);
+        assert_eq!(s.info("a", 999).unwrap().buffered, 2);
+        s.expire(1000);
+        let info = s.info("a", 1000).unwrap();
+        assert_eq!((info.buffered, info.evicted_max), (1, id));
+        let (_, lost) = ready(s.subscribe(&["a"], Cursor::Since(id - 1), None, 1000));
+        assert!(lost);
+        s.expire(1500);
+        assert!(
+            s.info("a", 1500).is_none(),
+            "empty channel without subscribers freed"
+        );
+        assert_eq!(s.stats().channels, 0);
+        assert_eq!(s.stats().messages_buffered, 0);
+    }
+
+    #[test]
+    fn parked_subscribers_get_notes_and_keep_channel_alive() {
+        let s = store(16, 1000);
+        let mut keys = [0; 2];
+        let r = s.subscribe(&["a", "b"], Cursor::Latest, Some((3, &mut keys)), 0);
+        assert!(matches!(r, Subscribed::Waiting { .. }));
+        assert_eq!(s.stats().channels, 2);
+        let mut notes = vec![];
+        let info = s.publish("b", None, Bytes::from_static(b"x"), 0, |mask, n| {
+            notes.push((mask, n))
+        });
+        assert_eq!(info.subscribers, 1);
+        assert_eq!(notes.len(), 1);
+        assert_eq!(notes[0].0, 1 << 3);
+        assert!(matches!(&notes[0].1, Note::Message { key, .. } if *key == keys[1]));
+        // Expiry leaves the channel while someone listens.
+        s.expire(5000);
+        assert!(s.info("b", 5000).is_some());
+        s.unsubscribe(keys[0], 3, 1, true);
+        s.unsubscribe(keys[1], 3, 1, true);
+        assert_eq!(s.stats().channels, 0);
+    }
+
+    #[test]
+    fn delete_notifies_and_recreated_channel_has_new_key() {
+        let s = store(16, 1000);
+        let mut keys = [0; 1];
+        s.subscribe(&["a"], Cursor::Latest, Some((0, &mut keys)), 0);
+        let mut deleted = vec![];
+        assert!(s.delete("a", |m, n| deleted.push((m, n))));
+        assert!(matches!(deleted[..], [(1, Note::Deleted { key })] if key == keys[0]));
+        assert!(!s.delete("a", |_, _| {}));
+        // Unsubscribe of the old incarnation is ignored, even after re-creation.
+        let mut keys2 = [0; 1];
+        s.subscribe(&["a"], Cursor::Latest, Some((0, &mut keys2)), 0);
+        assert_ne!(keys[0], keys2[0]);
+        s.unsubscribe(keys[0], 0, 1, true);
+        assert_eq!(s.info("a", 0).unwrap().subscribers, 1);
+    }
+}
