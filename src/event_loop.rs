@@ -359,13 +359,11 @@ impl Worker {
                 io.compact();
             }
             let len = io.rbuf.len();
-            let want = (limit - (len - io.rpos)).clamp(1, 64 * 1024);
-            io.rbuf.resize(
-                len + want
-                    .min(io.rbuf.capacity().max(4096) - len)
-                    .max(1024.min(want)),
-                0,
-            );
+            if io.rbuf.capacity() - len < 1024 {
+                io.rbuf.reserve(4096);
+            }
+            let room = (io.rbuf.capacity() - len).min(limit - (len - io.rpos));
+            io.rbuf.resize(len + room, 0);
             match c.stream.read(&mut io.rbuf[len..]) {
                 Ok(0) => {
                     io.rbuf.truncate(len);
@@ -986,14 +984,14 @@ impl Worker {
         if path == b"/health" {
             return match m {
                 Method::Get | Method::Head => self.text(req, 200, "ok\n"),
-                _ => self.not_allowed(b"GET, HEAD"),
+                _ => self.not_allowed(req, b"GET, HEAD"),
             };
         }
         if !admin {
             if let Some(chs) = path.strip_prefix(b"/sub/") {
                 return match m {
                     Method::Get => self.subscribe(key, req, chs),
-                    _ => self.not_allowed(b"GET"),
+                    _ => self.not_allowed(req, b"GET"),
                 };
             }
             return self.text(req, 404, "not found\n");
@@ -1008,7 +1006,7 @@ impl Worker {
                 Method::Post | Method::Put => self.publish(req, ch, body),
                 Method::Get | Method::Head => self.channel_info(req, ch),
                 Method::Delete => self.delete(req, ch),
-                Method::Other => self.not_allowed(b"GET, HEAD, POST, PUT, DELETE"),
+                Method::Other => self.not_allowed(req, b"GET, HEAD, POST, PUT, DELETE"),
             };
         }
         match (path, m) {
@@ -1023,7 +1021,7 @@ impl Worker {
                     self.respond(req, 200, &[], Some(b"text/plain; version=0.0.4"), &body)
                 }
             }
-            (b"/stats" | b"/metrics", _) => self.not_allowed(b"GET, HEAD"),
+            (b"/stats" | b"/metrics", _) => self.not_allowed(req, b"GET, HEAD"),
             _ => self.text(req, 404, "not found\n"),
         }
     }
@@ -1065,20 +1063,15 @@ impl Worker {
         )
     }
 
-    fn not_allowed(&mut self, allow: &[u8]) -> Outcome {
-        self.out.clear();
-        respond::text(
-            &mut self.out,
+    fn not_allowed(&mut self, req: &Request<'_>, allow: &[u8]) -> Outcome {
+        let body = b"method not allowed\n";
+        self.respond(
+            req,
             405,
-            &self.date,
-            false,
             &[("Allow", allow)],
-            "method not allowed\n",
-        );
-        Outcome::Respond {
-            payload: None,
-            close: false,
-        }
+            Some(b"text/plain; charset=utf-8"),
+            body,
+        )
     }
 
     fn publish(&mut self, req: &Request<'_>, ch: &str, body: &[u8]) -> Outcome {
