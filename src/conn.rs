@@ -33,6 +33,8 @@ pub enum Phase {
     Head,
     /// A long-poll is parked; timer: poll timeout.
     Parked,
+    /// An SSE stream is open and linked like a parked poll; timer: heartbeat.
+    Stream,
     /// A response is partly written and the socket is full; timer: send timeout.
     Send,
     /// Final response written, write side shut; reading and dropping input until the
@@ -54,6 +56,8 @@ pub mod flag {
     pub const EOF: u8 = 16;
     /// A write failed: the connection is dead, close it when control returns.
     pub const DEAD: u8 = 32;
+    /// An SSE stream on more than one channel (events carry `event: CHANNEL`).
+    pub const MULTI: u8 = 64;
 }
 
 /// A connection slot. Hot: one per held connection, so every byte counts.

@@ -33,6 +33,7 @@ use crate::http::respond;
 use crate::park::{Parking, NIL};
 use crate::pubsub::{self, ChannelKey, Cursor, Note, Subscribed};
 use crate::server::Shared;
+use crate::sse;
 use crate::stats::{dec, inc};
 use crate::sys;
 use crate::wheel::Wheel;
@@ -304,7 +305,7 @@ impl Worker {
             return;
         }
         match c.phase {
-            Phase::Parked => {
+            Phase::Parked | Phase::Stream => {
                 if readable {
                     self.read_while_parked(key);
                 }
@@ -419,7 +420,8 @@ impl Worker {
     fn drive(&mut self, key: usize) {
         loop {
             let c = &self.conns[key];
-            if c.phase == Phase::Parked || c.phase == Phase::Linger || c.has(flag::DEAD) {
+            if matches!(c.phase, Phase::Parked | Phase::Stream | Phase::Linger) || c.has(flag::DEAD)
+            {
                 break;
             }
             if c.io
@@ -733,7 +735,7 @@ impl Worker {
             self.close(key);
             return;
         }
-        if c.phase == Phase::Parked || c.phase == Phase::Linger {
+        if matches!(c.phase, Phase::Parked | Phase::Stream | Phase::Linger) {
             return;
         }
         let has_out = c.has_output();
@@ -792,7 +794,7 @@ impl Worker {
         if !self.conns.contains(key) {
             return;
         }
-        if self.conns[key].phase == Phase::Parked {
+        if matches!(self.conns[key].phase, Phase::Parked | Phase::Stream) {
             self.unpark(key);
         }
         self.wheel.cancel(&mut Slots(&mut self.conns), key as u32);
@@ -825,6 +827,7 @@ impl Worker {
                     self.request_done(key, close);
                     self.resume.push((key as u32, self.conns[key].gen));
                 }
+                Phase::Stream => self.heartbeat(key),
                 // Header, keep-alive, send and linger timeouts all end the connection.
                 _ => self.close(key),
             }
@@ -841,9 +844,39 @@ impl Worker {
                 store.unsubscribe(k, id, 1, emptied)
             });
         let c = &mut self.conns[key];
+        let streaming = c.phase == Phase::Stream;
         c.phase = Phase::Idle;
         c.clear(flag::LOST);
-        dec(&self.shared.stats.parked);
+        if streaming {
+            dec(&self.shared.stats.sse_streams);
+        } else {
+            dec(&self.shared.stats.parked);
+        }
+    }
+
+    /// Sends a heartbeat comment on an SSE stream and re-arms its timer.
+    fn heartbeat(&mut self, key: usize) {
+        self.send(key, &[sse::HEARTBEAT], None);
+        if self.stream_overflowed(key) {
+            return;
+        }
+        self.wheel.insert(
+            &mut Slots(&mut self.conns),
+            key as u32,
+            self.now + self.shared.sse_heartbeat_ms,
+        );
+    }
+
+    /// Closes a stream whose write failed or whose unsent bytes passed
+    /// `--sse-max-backlog` (a reader that stopped reading). Returns true if closed.
+    fn stream_overflowed(&mut self, key: usize) -> bool {
+        let c = &self.conns[key];
+        let backlog = c.io.as_ref().map_or(0, |io| io.wq_bytes);
+        if c.has(flag::DEAD) || backlog > self.shared.sse_max_backlog {
+            self.close(key);
+            return true;
+        }
+        false
     }
 
     fn drain_inbox(&mut self) {
@@ -864,7 +897,7 @@ impl Worker {
                     msg,
                     evicted_max,
                 } => self.fan_out(key, &msg, evicted_max),
-                Note::Deleted { key } => self.channel_deleted(key),
+                Note::Deleted { key, channel } => self.channel_deleted(key, &channel),
             }
         }
         self.notes = notes;
@@ -882,11 +915,33 @@ impl Worker {
         respond::message_head(&mut self.out, msg, &self.date);
         let head = std::mem::take(&mut self.out);
         let payload = msg.payload.clone();
+        // SSE frames, rendered on first use: without and with the `event:` line.
+        let mut frames: [Option<Bytes>; 2] = [None, None];
         while node != NIL {
             let next = self.parking.next(&mut Slots(&mut self.conns), node);
             let ck = self.parking.conn_of(node) as usize;
             let c = &self.conns[ck];
-            if msg.id > c.cursor {
+            if c.phase == Phase::Stream {
+                if msg.id > c.cursor {
+                    let lost = c.cursor != 0 && evicted_max > c.cursor;
+                    let named = c.has(flag::MULTI);
+                    let frame = frames[named as usize]
+                        .get_or_insert_with(|| {
+                            let mut v = Vec::with_capacity(msg.payload.len() + 64);
+                            sse::event(&mut v, msg, named);
+                            Bytes::from(v)
+                        })
+                        .clone();
+                    self.conns[ck].cursor = msg.id;
+                    let mut gap = Vec::new();
+                    if lost {
+                        sse::lost(&mut gap, msg.id);
+                    }
+                    self.send(ck, &[&gap], Some(&frame));
+                    inc(&self.shared.stats.delivered);
+                    self.stream_overflowed(ck);
+                }
+            } else if msg.id > c.cursor {
                 let lost = c.has(flag::LOST) || (c.cursor != 0 && evicted_max > c.cursor);
                 let close = c.has(flag::CLOSE_AFTER);
                 self.unpark(ck);
@@ -905,13 +960,17 @@ impl Worker {
         self.out = head;
     }
 
-    fn channel_deleted(&mut self, key: ChannelKey) {
+    fn channel_deleted(&mut self, key: ChannelKey, channel: &str) {
         loop {
             let node = self.parking.first(key);
             if node == NIL {
                 return;
             }
             let ck = self.parking.conn_of(node) as usize;
+            if self.conns[ck].phase == Phase::Stream {
+                self.end_stream(ck, Some(channel));
+                continue;
+            }
             let close = self.conns[ck].has(flag::CLOSE_AFTER);
             self.unpark(ck);
             self.wheel.cancel(&mut Slots(&mut self.conns), ck as u32);
@@ -930,6 +989,22 @@ impl Worker {
             self.request_done(ck, close);
             self.resume.push((ck as u32, self.conns[ck].gen));
         }
+    }
+
+    /// Ends an SSE stream: unlinks it, sends `event: deleted` if a channel went away,
+    /// then closes once the output is written.
+    fn end_stream(&mut self, key: usize, deleted: Option<&str>) {
+        self.unpark(key);
+        self.wheel.cancel(&mut Slots(&mut self.conns), key as u32);
+        if let Some(ch) = deleted {
+            self.out.clear();
+            sse::deleted(&mut self.out, ch);
+            let out = std::mem::take(&mut self.out);
+            self.send(key, &[&out], None);
+            self.out = out;
+        }
+        self.conns[key].set(flag::CLOSE_AFTER | flag::SERVED);
+        self.settle(key);
     }
 
     fn resume_released(&mut self) {
@@ -968,6 +1043,7 @@ impl Worker {
                     self.request_done(key, true);
                     self.settle(key);
                 }
+                Phase::Stream => self.end_stream(key, None),
                 Phase::Idle if !c.has_input() => self.close(key),
                 _ => c.set(flag::CLOSE_AFTER),
             }
@@ -1178,6 +1254,9 @@ impl Worker {
             }
         }
         let cursor = since.map_or(Cursor::Latest, Cursor::Since);
+        if req.wants_sse && self.shutting_down.is_none() && !self.conns[key].has(flag::EOF) {
+            return self.open_stream(key, names, cursor);
+        }
         let park =
             timeout_ms > 0 && self.shutting_down.is_none() && !self.conns[key].has(flag::EOF);
         let id = self.id;
@@ -1244,6 +1323,57 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Turns the request into an SSE stream: head, every buffered message newer than
+    /// the cursor, then the connection is linked like a parked poll and stays open.
+    fn open_stream(&mut self, key: usize, names: &[&str], mut cursor: Cursor) -> Outcome {
+        self.out.clear();
+        sse::response_head(&mut self.out, &self.date);
+        let named = names.len() > 1;
+        let id = self.id;
+        let last = loop {
+            let keys = &mut self.keys[..names.len()];
+            match self
+                .shared
+                .store
+                .subscribe(names, cursor, Some((id, keys)), self.now)
+            {
+                Subscribed::Ready { msg, lost } => {
+                    if lost {
+                        sse::lost(&mut self.out, msg.id);
+                    }
+                    sse::event(&mut self.out, &msg, named);
+                    inc(&self.shared.stats.delivered);
+                    cursor = Cursor::Since(msg.id);
+                }
+                // Nothing newer: the store registered us on every channel.
+                Subscribed::Waiting { cursor, .. } => break cursor,
+            }
+        };
+        let out = std::mem::take(&mut self.out);
+        self.send(key, &[&out], None);
+        self.out = out;
+        let keys = self.keys;
+        self.parking.park(
+            &mut Slots(&mut self.conns),
+            key as u32,
+            &keys[..names.len()],
+        );
+        let c = &mut self.conns[key];
+        c.cursor = last;
+        c.phase = Phase::Stream;
+        c.set(flag::CLOSE_AFTER | flag::SERVED);
+        if named {
+            c.set(flag::MULTI);
+        }
+        inc(&self.shared.stats.sse_streams);
+        self.wheel.insert(
+            &mut Slots(&mut self.conns),
+            key as u32,
+            self.now + self.shared.sse_heartbeat_ms,
+        );
+        Outcome::Parked
     }
 }
 

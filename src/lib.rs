@@ -14,6 +14,7 @@ pub mod http;
 pub mod park;
 pub mod pubsub;
 pub mod server;
+pub mod sse;
 pub mod stats;
 pub mod sys;
 pub mod wheel;

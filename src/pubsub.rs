@@ -69,7 +69,7 @@ pub enum Note {
         evicted_max: u64,
     },
     /// The channel was deleted; its subscribers get 410 / `event: deleted`.
-    Deleted { key: ChannelKey },
+    Deleted { key: ChannelKey, channel: Arc<str> },
 }
 
 /// Where a subscriber starts.
@@ -387,6 +387,7 @@ impl Store {
                 c.workers,
                 Note::Deleted {
                     key: key_of(slot, c.gen),
+                    channel: c.name.clone(),
                 },
             );
         }
@@ -626,7 +627,7 @@ mod tests {
         s.subscribe(&["a"], Cursor::Latest, Some((0, &mut keys)), 0);
         let mut deleted = vec![];
         assert!(s.delete("a", |m, n| deleted.push((m, n))));
-        assert!(matches!(deleted[..], [(1, Note::Deleted { key })] if key == keys[0]));
+        assert!(matches!(deleted[..], [(1, Note::Deleted { key, .. })] if key == keys[0]));
         assert!(!s.delete("a", |_, _| {}));
         // Unsubscribe of the old incarnation is ignored, even after re-creation.
         let mut keys2 = [0; 1];

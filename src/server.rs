@@ -42,6 +42,8 @@ pub struct Shared {
     pub header_timeout_ms: u64,
     pub keepalive_timeout_ms: u64,
     pub shutdown_grace_ms: u64,
+    pub sse_heartbeat_ms: u64,
+    pub sse_max_backlog: usize,
     epoch: Instant,
 }
 
@@ -183,6 +185,8 @@ pub fn start(cfg: &Config) -> io::Result<Handle> {
         header_timeout_ms: ms(cfg.header_timeout),
         keepalive_timeout_ms: ms(cfg.keepalive_timeout),
         shutdown_grace_ms: 1500,
+        sse_heartbeat_ms: ms(cfg.sse_heartbeat),
+        sse_max_backlog: cfg.sse_max_backlog as usize,
         epoch: Instant::now(),
     });
 
