@@ -32,11 +32,11 @@ pub fn response_head(out: &mut Vec<u8>, date: &[u8]) {
 
 /// Renders `msg` as one event; `named` adds the `event:` line with the channel.
 pub fn event(out: &mut Vec<u8>, msg: &Message, named: bool) {
-    let _ = write!(out, "id: {}\n", msg.id);
+    let _ = writeln!(out, "id: {}", msg.id);
     match std::str::from_utf8(&msg.payload) {
         Ok(text) => {
             if named {
-                let _ = write!(out, "event: {}\n", msg.channel);
+                let _ = writeln!(out, "event: {}", msg.channel);
             }
             for line in lines(text) {
                 out.extend_from_slice(b"data: ");
