@@ -1,0 +1,849 @@
+//! Shared harness for the end-to-end tests: runs the server binary as a child process
+//! and speaks HTTP/1.1 to it as raw bytes over `std::net::TcpStream`.
+//!
+//! Nothing here depends on holdfast internals, only on PROTOCOL.md and the start-up
+//! interface (flags, the two `listening …=ADDR` lines on stdout, `/stats`), so the
+//! same suite can run against the tokio peer: set `HOLDFAST_BIN` to its path.
+//!
+//! Every read has a timeout (10 s unless a test says otherwise), so no test can hang.
+#![allow(dead_code)]
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Default timeout for every connect, read and write.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the server may take to print its listening addresses.
+pub const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The binary under test: `HOLDFAST_BIN` if set, else the holdfast binary cargo built.
+pub fn server_bin() -> String {
+    std::env::var("HOLDFAST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_holdfast").to_string())
+}
+
+/// A running server process. Killed (SIGKILL) on drop.
+pub struct Server {
+    child: Child,
+    pub public: SocketAddr,
+    pub admin: SocketAddr,
+    log: Arc<Mutex<String>>,
+    exit: Option<ExitStatus>,
+}
+
+fn spawn_line_reader<R: Read + Send + 'static>(
+    pipe: R,
+    tag: &'static str,
+    log: Arc<Mutex<String>>,
+    lines: Option<mpsc::Sender<String>>,
+) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        let mut reader = BufReader::new(pipe);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match reader.read_until(b'\n', &mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let text = String::from_utf8_lossy(&line).trim_end().to_string();
+                    if let Ok(mut l) = log.lock() {
+                        l.push_str(tag);
+                        l.push_str(&text);
+                        l.push('\n');
+                    }
+                    if let Some(tx) = &lines {
+                        let _ = tx.send(text);
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// Finds `key=ADDR` in a start-up line such as `listening public=127.0.0.1:41234`.
+fn find_addr(line: &str, key: &str) -> Option<SocketAddr> {
+    line.split_whitespace()
+        .find_map(|tok| tok.strip_prefix(key))
+        .and_then(|a| a.trim_matches(|c: char| c == ',' || c == ';').parse().ok())
+}
+
+impl Server {
+    /// Starts the server on free loopback ports with `--threads 2` (unless `flags` gives
+    /// `--threads`) plus `flags`, and waits for both listening lines.
+    pub fn start(flags: &[&str]) -> Server {
+        let mut args: Vec<&str> = vec!["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"];
+        if !flags.contains(&"--threads") {
+            args.extend(["--threads", "2"]);
+        }
+        args.extend_from_slice(flags);
+        let bin = server_bin();
+        let mut child = Command::new(&bin)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run server binary {bin}: {e}"));
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel();
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        spawn_line_reader(stdout, "[stdout] ", log.clone(), Some(tx));
+        let stderr_thread = spawn_line_reader(stderr, "[stderr] ", log.clone(), None);
+
+        let deadline = Instant::now() + START_TIMEOUT;
+        let (mut public, mut admin) = (None, None);
+        let failure = loop {
+            if let (Some(public), Some(admin)) = (public, admin) {
+                return Server {
+                    child,
+                    public,
+                    admin,
+                    log,
+                    exit: None,
+                };
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if line.contains("listening") {
+                        public = public.or_else(|| find_addr(&line, "public="));
+                        admin = admin.or_else(|| find_addr(&line, "admin="));
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    break format!(
+                        "server did not print both `listening public=ADDR` and \
+                         `listening admin=ADDR` within {START_TIMEOUT:?}"
+                    )
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    break "server closed stdout before printing both listening lines".to_string()
+                }
+            }
+        };
+        let _ = child.kill();
+        let status = child.wait();
+        let _ = stderr_thread.join();
+        let log = log.lock().map(|l| l.clone()).unwrap_or_default();
+        panic!("{failure}; args {args:?}; exit {status:?}; output:\n{log}");
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the server printed so far (for failure messages).
+    pub fn output(&self) -> String {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM {} failed", self.child.id());
+    }
+
+    /// Waits up to `timeout` for the process to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        if self.exit.is_some() {
+            return self.exit;
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => {
+                    self.exit = Some(status);
+                    return self.exit;
+                }
+                Ok(None) => {}
+                Err(e) => panic!("waiting for server: {e}"),
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// CPU time (user + system) the server process has used so far, from /proc.
+    pub fn cpu_time(&self) -> Duration {
+        cpu_time_of(self.child.id())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.exit.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn clock_ticks_per_second() -> u64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .filter(|&t| t > 0)
+        .unwrap_or(100)
+}
+
+/// utime + stime of a process, from `/proc/PID/stat`.
+pub fn cpu_time_of(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .unwrap_or_else(|e| panic!("read /proc/{pid}/stat: {e}"));
+    // The command name (field 2) may contain spaces; the fields after its ')' are fixed.
+    let rest = &stat[stat.rfind(')').expect("stat has (comm)") + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // fields[0] is field 3 (state); utime is field 14, stime field 15.
+    let utime: u64 = fields[11].parse().expect("utime");
+    let stime: u64 = fields[12].parse().expect("stime");
+    Duration::from_secs_f64((utime + stime) as f64 / clock_ticks_per_second() as f64)
+}
+
+/// Microseconds since the Unix epoch (message ids are seeded from this).
+pub fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_micros() as u64
+}
+
+// ---------------------------------------------------------------------------------
+// Raw HTTP/1.1 client
+// ---------------------------------------------------------------------------------
+
+/// One parsed response.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub version: String,
+    pub status: u16,
+    pub reason: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// First value of a header, name compared case-insensitively.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// All values of a header.
+    pub fn header_all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// Whether a comma-separated header contains `token` (case-insensitive).
+    pub fn has_token(&self, name: &str, token: &str) -> bool {
+        self.header_all(name)
+            .iter()
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    }
+
+    /// The response says the server closes the connection after it.
+    pub fn closes(&self) -> bool {
+        self.has_token("connection", "close")
+    }
+
+    pub fn body_str(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body_str()))
+    }
+
+    /// `Message-Id`, asserted present.
+    pub fn message_id(&self) -> String {
+        self.header("message-id")
+            .unwrap_or_else(|| panic!("no Message-Id in {self:?}"))
+            .to_string()
+    }
+
+    pub fn content_length(&self) -> Option<u64> {
+        self.header("content-length").map(|v| {
+            v.trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("bad Content-Length {v:?}"))
+        })
+    }
+
+    /// Short one-line description for assertion messages.
+    pub fn brief(&self) -> String {
+        let mut body = self.body_str();
+        body.truncate(200);
+        format!(
+            "{} {} {:?} headers {:?} body {:?}",
+            self.version, self.status, self.reason, self.headers, body
+        )
+    }
+}
+
+fn io_err(kind: io::ErrorKind, msg: impl Into<String>) -> io::Error {
+    io::Error::new(kind, msg.into())
+}
+
+fn is_reset(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionAborted
+    )
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Builds a request: request line, `Host`, the given headers, and `Content-Length` when
+/// there is a body and the headers give neither a length nor a transfer coding.
+pub fn request_bytes(
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> Vec<u8> {
+    let mut out = format!("{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\n").into_bytes();
+    for (n, v) in headers {
+        out.extend_from_slice(format!("{n}: {v}\r\n").as_bytes());
+    }
+    let framed = headers.iter().any(|(n, _)| {
+        n.eq_ignore_ascii_case("content-length") || n.eq_ignore_ascii_case("transfer-encoding")
+    });
+    if let Some(body) = body {
+        if !framed {
+            out.extend_from_slice(format!("Content-Length: {}\r\n", body.len()).as_bytes());
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+    if let Some(body) = body {
+        out.extend_from_slice(body);
+    }
+    out
+}
+
+/// A client connection with a read buffer (so pipelined responses are kept apart).
+pub struct Conn {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    pub fn open(addr: SocketAddr) -> Conn {
+        let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT)
+            .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        Conn::from_stream(stream)
+    }
+
+    pub fn from_stream(stream: TcpStream) -> Conn {
+        stream.set_nodelay(true).expect("nodelay");
+        stream.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+        stream.set_write_timeout(Some(IO_TIMEOUT)).expect("timeout");
+        Conn {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    pub fn set_read_timeout(&self, t: Duration) {
+        self.stream.set_read_timeout(Some(t)).expect("timeout");
+    }
+
+    /// Writes all bytes; errors are returned (a server may close early, e.g. after 413).
+    pub fn try_send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes)?;
+        self.stream.flush()
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.try_send(bytes).expect("write request");
+    }
+
+    pub fn send_request(
+        &mut self,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) {
+        self.send(&request_bytes(method, target, headers, body));
+    }
+
+    /// Sends a request and reads its final response (panics on I/O errors).
+    pub fn request(
+        &mut self,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Response {
+        self.send_request(method, target, headers, body);
+        self.response()
+    }
+
+    pub fn get(&mut self, target: &str) -> Response {
+        self.request("GET", target, &[], None)
+    }
+
+    /// Reads the next final response, skipping 1xx interim responses.
+    pub fn response(&mut self) -> Response {
+        self.read_response()
+            .unwrap_or_else(|e| panic!("reading response: {e}"))
+    }
+
+    /// Reads the next final response, skipping 1xx interim responses.
+    pub fn read_response(&mut self) -> io::Result<Response> {
+        loop {
+            let r = self.read_any_response()?;
+            if !(100..200).contains(&r.status) || r.status == 101 {
+                return Ok(r);
+            }
+        }
+    }
+
+    /// Reads one more byte chunk into the buffer; Ok(0) at end of stream (a reset after
+    /// the peer closed counts as end of stream).
+    fn fill(&mut self) -> io::Result<usize> {
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(n) => {
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if is_reset(&e) => return Ok(0),
+                Err(e) if is_timeout(&e) => {
+                    return Err(io_err(
+                        io::ErrorKind::TimedOut,
+                        format!(
+                            "read timed out; {} unparsed bytes buffered: {:?}",
+                            self.buf.len(),
+                            String::from_utf8_lossy(&self.buf[..self.buf.len().min(300)])
+                        ),
+                    ))
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Reads exactly one response, interim (1xx) or final.
+    pub fn read_any_response(&mut self) -> io::Result<Response> {
+        let head_end = loop {
+            if let Some(i) = find(&self.buf, b"\r\n\r\n") {
+                break i;
+            }
+            if self.fill()? == 0 {
+                return Err(io_err(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "connection closed before a complete response head; got {:?}",
+                        String::from_utf8_lossy(&self.buf)
+                    ),
+                ));
+            }
+        };
+        let head = String::from_utf8(self.buf[..head_end].to_vec())
+            .map_err(|_| io_err(io::ErrorKind::InvalidData, "response head is not UTF-8"))?;
+        self.buf.drain(..head_end + 4);
+        let mut lines = head.split("\r\n");
+        let status_line = lines.next().unwrap_or_default();
+        let mut parts = status_line.splitn(3, ' ');
+        let version = parts.next().unwrap_or_default().to_string();
+        let status: u16 = parts
+            .next()
+            .and_then(|s| s.parse().ok())
+            .filter(|_| version.starts_with("HTTP/1."))
+            .ok_or_else(|| {
+                io_err(
+                    io::ErrorKind::InvalidData,
+                    format!("bad status line {status_line:?}"),
+                )
+            })?;
+        let reason = parts.next().unwrap_or_default().to_string();
+        let mut headers = Vec::new();
+        for line in lines {
+            let (n, v) = line.split_once(':').ok_or_else(|| {
+                io_err(
+                    io::ErrorKind::InvalidData,
+                    format!("bad header line {line:?}"),
+                )
+            })?;
+            headers.push((n.to_string(), v.trim().to_string()));
+        }
+        let mut resp = Response {
+            version,
+            status,
+            reason,
+            headers,
+            body: Vec::new(),
+        };
+        if (100..200).contains(&status) || status == 204 || status == 304 {
+            return Ok(resp);
+        }
+        if resp
+            .header("transfer-encoding")
+            .is_some_and(|te| te.to_ascii_lowercase().contains("chunked"))
+        {
+            resp.body = self.read_chunked()?;
+        } else if let Some(len) = resp.header("content-length") {
+            let len: usize = len.trim().parse().map_err(|_| {
+                io_err(
+                    io::ErrorKind::InvalidData,
+                    format!("bad Content-Length {len:?}"),
+                )
+            })?;
+            while self.buf.len() < len {
+                if self.fill()? == 0 {
+                    return Err(io_err(
+                        io::ErrorKind::UnexpectedEof,
+                        format!(
+                            "closed after {} of {len} body bytes; head {:?}",
+                            self.buf.len(),
+                            resp.headers
+                        ),
+                    ));
+                }
+            }
+            resp.body = self.buf.drain(..len).collect();
+        } else {
+            // Body delimited by close.
+            loop {
+                match self.fill() {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) => {
+                        return Err(io_err(
+                            e.kind(),
+                            format!(
+                                "response {status} has neither Content-Length nor chunked \
+                                 framing and the connection stayed open: {e}"
+                            ),
+                        ))
+                    }
+                }
+            }
+            resp.body = std::mem::take(&mut self.buf);
+        }
+        Ok(resp)
+    }
+
+    fn read_line(&mut self) -> io::Result<String> {
+        loop {
+            if let Some(i) = find(&self.buf, b"\r\n") {
+                let line = String::from_utf8_lossy(&self.buf[..i]).into_owned();
+                self.buf.drain(..i + 2);
+                return Ok(line);
+            }
+            if self.fill()? == 0 {
+                return Err(io_err(
+                    io::ErrorKind::UnexpectedEof,
+                    "closed inside chunked body",
+                ));
+            }
+        }
+    }
+
+    fn read_chunked(&mut self) -> io::Result<Vec<u8>> {
+        let mut body = Vec::new();
+        loop {
+            let line = self.read_line()?;
+            let size_text = line.split(';').next().unwrap_or_default().trim();
+            let size = usize::from_str_radix(size_text, 16).map_err(|_| {
+                io_err(
+                    io::ErrorKind::InvalidData,
+                    format!("bad chunk size {line:?}"),
+                )
+            })?;
+            if size == 0 {
+                // Trailers until an empty line.
+                while !self.read_line()?.is_empty() {}
+                return Ok(body);
+            }
+            while self.buf.len() < size + 2 {
+                if self.fill()? == 0 {
+                    return Err(io_err(io::ErrorKind::UnexpectedEof, "closed inside chunk"));
+                }
+            }
+            body.extend(self.buf.drain(..size));
+            self.buf.drain(..2);
+        }
+    }
+
+    /// Waits up to `within` for the server to close the connection (EOF or reset).
+    /// Ok(bytes received before the close) or Err(description) if it stayed open.
+    pub fn wait_closed(&mut self, within: Duration) -> Result<Vec<u8>, String> {
+        let deadline = Instant::now() + within;
+        let mut got = std::mem::take(&mut self.buf);
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(format!(
+                    "connection still open after {within:?}; received {:?}",
+                    String::from_utf8_lossy(&got)
+                ));
+            }
+            self.stream
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .expect("timeout");
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return Ok(got),
+                Ok(n) => got.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if is_reset(&e) => return Ok(got),
+                Err(e) if is_timeout(&e) => {}
+                Err(e) => return Err(format!("read error while waiting for close: {e}")),
+            }
+        }
+    }
+
+    /// Asserts the server closes the connection within `within` without sending more.
+    pub fn assert_closed(&mut self, within: Duration) {
+        match self.wait_closed(within) {
+            Ok(extra) => assert!(
+                extra.is_empty(),
+                "expected close, got more bytes first: {:?}",
+                String::from_utf8_lossy(&extra)
+            ),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// True if nothing at all arrives (and the connection stays open) for `dur`.
+    pub fn quiet_for(&mut self, dur: Duration) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        self.stream.set_read_timeout(Some(dur)).expect("timeout");
+        let mut chunk = [0u8; 1024];
+        let quiet = match self.stream.read(&mut chunk) {
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                false
+            }
+            Err(e) => is_timeout(&e),
+        };
+        self.stream
+            .set_read_timeout(Some(IO_TIMEOUT))
+            .expect("timeout");
+        quiet
+    }
+
+    pub fn shutdown_write(&self) {
+        let _ = self.stream.shutdown(Shutdown::Write);
+    }
+}
+
+/// After `resp` on `conn`: if the response announced `Connection: close`, the server must
+/// close; otherwise the connection must still serve a request (`GET /health`, which both
+/// listeners have).
+pub fn assert_close_is_consistent(conn: &mut Conn, resp: &Response) {
+    if resp.closes() {
+        conn.assert_closed(Duration::from_secs(5));
+    } else {
+        let r = conn
+            .try_send(&request_bytes("GET", "/health", &[], None))
+            .and_then(|_| conn.read_response());
+        match r {
+            Ok(h) => assert_eq!(
+                h.status,
+                200,
+                "connection kept after {} but next request failed: {}",
+                resp.status,
+                h.brief()
+            ),
+            Err(e) => panic!(
+                "response {} had no `Connection: close` but the connection is unusable: {e}",
+                resp.brief()
+            ),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Protocol helpers
+// ---------------------------------------------------------------------------------
+
+/// One request on a fresh connection.
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> Response {
+    Conn::open(addr).request(method, target, headers, body)
+}
+
+pub fn get(addr: SocketAddr, target: &str) -> Response {
+    request(addr, "GET", target, &[], None)
+}
+
+/// `GET path` on the public listener (path like `/sub/a?since=0&timeout=1`).
+pub fn poll(public: SocketAddr, path: &str) -> Response {
+    get(public, path)
+}
+
+pub fn poll_with(public: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Response {
+    request(public, "GET", path, headers, None)
+}
+
+/// Publishes and returns the full response (not checked).
+pub fn publish_full(
+    admin: SocketAddr,
+    channel: &str,
+    body: &[u8],
+    content_type: Option<&str>,
+) -> Response {
+    let headers: Vec<(&str, &str)> = content_type
+        .map(|ct| vec![("Content-Type", ct)])
+        .unwrap_or_default();
+    request(
+        admin,
+        "POST",
+        &format!("/pub/{channel}"),
+        &headers,
+        Some(body),
+    )
+}
+
+/// Publishes, asserts 201, returns the message id.
+pub fn publish(admin: SocketAddr, channel: &str, body: impl AsRef<[u8]>) -> String {
+    let r = publish_full(admin, channel, body.as_ref(), None);
+    publish_id(&r)
+}
+
+/// Checks a publish response is 201 with a JSON string id; returns the id.
+pub fn publish_id(r: &Response) -> String {
+    assert_eq!(r.status, 201, "publish failed: {}", r.brief());
+    let v = r.json();
+    let id = v["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("publish JSON has no string id: {v}"));
+    id_num(id);
+    id.to_string()
+}
+
+/// An id as a number (ids are decimal u64 strings).
+pub fn id_num(id: &str) -> u64 {
+    id.parse()
+        .unwrap_or_else(|_| panic!("id {id:?} is not a decimal u64"))
+}
+
+/// `GET /stats` on the admin listener.
+pub fn stats(admin: SocketAddr) -> serde_json::Value {
+    let r = get(admin, "/stats");
+    assert_eq!(r.status, 200, "/stats: {}", r.brief());
+    r.json()
+}
+
+/// One integer field of `/stats`.
+pub fn stat(admin: SocketAddr, field: &str) -> u64 {
+    let v = stats(admin);
+    v[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("/stats field {field} missing or not an integer: {v}"))
+}
+
+/// Polls `cond` every 20 ms until it holds or `timeout` passes; returns whether it held.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until `/stats` `field` == `want`; panics with the last value otherwise.
+pub fn wait_stat(admin: SocketAddr, field: &str, want: u64, timeout: Duration) {
+    let mut last = u64::MAX;
+    let ok = wait_until(timeout, || {
+        last = stat(admin, field);
+        last == want
+    });
+    assert!(
+        ok,
+        "/stats {field} did not reach {want} within {timeout:?} (last {last})"
+    );
+}
+
+/// Opens a connection and sends `GET path` without reading: a poll to be parked.
+pub fn park(public: SocketAddr, path: &str) -> Conn {
+    let mut c = Conn::open(public);
+    c.send_request("GET", path, &[], None);
+    c
+}
+
+/// A cursor for `channel` "as of now": a short poll without cursor must answer 204 and
+/// its `Message-Id` is the cursor to continue from.
+pub fn cursor_now(public: SocketAddr, channel: &str) -> String {
+    let r = poll(public, &format!("/sub/{channel}?timeout=0"));
+    assert_eq!(r.status, 204, "short poll without cursor: {}", r.brief());
+    let id = r.message_id();
+    id_num(&id);
+    id
+}
+
+/// Asserts a 200 delivery of `body` on `channel` and returns its Message-Id.
+pub fn assert_delivery(r: &Response, channel: &str, body: &[u8]) -> String {
+    assert_eq!(r.status, 200, "expected a message: {}", r.brief());
+    assert_eq!(
+        r.header("channel"),
+        Some(channel),
+        "Channel header: {}",
+        r.brief()
+    );
+    assert_eq!(
+        r.body,
+        body,
+        "payload differs: got {:?}, want {:?}",
+        r.body_str(),
+        String::from_utf8_lossy(body)
+    );
+    let id = r.message_id();
+    id_num(&id);
+    id
+}
+
+/// Asserts `elapsed` lies within `[lo, hi]`.
+pub fn assert_between(what: &str, elapsed: Duration, lo: Duration, hi: Duration) {
+    assert!(
+        elapsed >= lo && elapsed <= hi,
+        "{what}: took {elapsed:?}, expected between {lo:?} and {hi:?}"
+    );
+}

@@ -1,0 +1,120 @@
+//! Fan-out at scale: 15 000 parked long-polls on one channel, one publish, every one of
+//! them answered with the payload. The only test in this binary, because its sockets
+//! count against the test process's open-file limit.
+//!
+//! It also measures what a parked long-poll costs the server in user space: RSS growth
+//! from before the first connection to all 15 000 parked, divided by 15 000 (README's
+//! figure; `cargo test --release --test fanout -- --nocapture` prints it). The bound
+//! asserted is the issue's 256 bytes; the design target is 64.
+
+mod common;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+use common::*;
+
+const SUBSCRIBERS: usize = 15_000;
+const SOURCE_ADDRS: u8 = 8; // 127.0.0.2 ..= 127.0.0.9
+const PAYLOAD: &[u8] = b"fan-out payload \x00\x01\xff";
+
+fn connect_from(source: Ipv4Addr, to: SocketAddr) -> std::io::Result<TcpStream> {
+    let sock = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+    sock.bind(&SockAddr::from(SocketAddr::new(IpAddr::V4(source), 0)))?;
+    sock.connect_timeout(&SockAddr::from(to), IO_TIMEOUT)?;
+    Ok(sock.into())
+}
+
+#[test]
+fn one_publish_reaches_15000_parked_polls() {
+    let limit = holdfast::sys::raise_fd_limit().expect("raise the open-file limit");
+    assert!(
+        limit >= SUBSCRIBERS as u64 + 200,
+        "open-file limit {limit} is too low for {SUBSCRIBERS} client sockets"
+    );
+    // Started after raising the limit: the child inherits it.
+    let s = Server::start(&["--threads", "2"]);
+    let request = request_bytes("GET", "/sub/fan?timeout=60", &[], None);
+    // One request first, so the baseline includes what any served request allocates
+    // once (pools, the channel's park list map), not what parking costs per connection.
+    let _ = get(s.public, "/sub/fan?timeout=0");
+    let rss_before = stat(s.admin, "rss_bytes");
+
+    let t = Instant::now();
+    let mut conns = Vec::with_capacity(SUBSCRIBERS);
+    for i in 0..SUBSCRIBERS {
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "only {i} connections opened in 120 s"
+        );
+        let source = Ipv4Addr::new(127, 0, 0, 2 + (i % SOURCE_ADDRS as usize) as u8);
+        let stream = connect_from(source, s.public)
+            .unwrap_or_else(|e| panic!("connection {i} from {source}: {e}"));
+        let mut c = Conn::from_stream(stream);
+        c.try_send(&request)
+            .unwrap_or_else(|e| panic!("request on connection {i}: {e}"));
+        conns.push(c);
+    }
+    eprintln!("{SUBSCRIBERS} polls sent in {:?}", t.elapsed());
+
+    let t = Instant::now();
+    let mut parked = 0;
+    let all_parked = wait_until(Duration::from_secs(60), || {
+        parked = stat(s.admin, "parked");
+        parked == SUBSCRIBERS as u64
+    });
+    assert!(
+        all_parked,
+        "only {parked} of {SUBSCRIBERS} polls parked after 60 s"
+    );
+    eprintln!("all parked after a further {:?}", t.elapsed());
+    let rss_parked = stat(s.admin, "rss_bytes");
+    let per_conn = rss_parked.saturating_sub(rss_before) as f64 / SUBSCRIBERS as f64;
+    eprintln!(
+        "user-space bytes per parked long-poll: {per_conn:.1} \
+         (server RSS {rss_before} -> {rss_parked} over {SUBSCRIBERS} parked)"
+    );
+    assert!(
+        per_conn <= 256.0,
+        "a parked long-poll costs {per_conn:.1} bytes of server RSS (budget 256)"
+    );
+
+    let t = Instant::now();
+    let r = publish_full(s.admin, "fan", PAYLOAD, None);
+    let id = publish_id(&r);
+    assert_eq!(
+        r.json()["subscribers"].as_u64(),
+        Some(SUBSCRIBERS as u64),
+        "{}",
+        r.brief()
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut delivered = 0;
+    let mut failures: Vec<String> = Vec::new();
+    for (i, c) in conns.iter_mut().enumerate() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            failures.push(format!("read deadline passed at connection {i}"));
+            break;
+        }
+        c.set_read_timeout(left.min(IO_TIMEOUT));
+        match c.read_response() {
+            Ok(r)
+                if r.status == 200
+                    && r.body == PAYLOAD
+                    && r.header("message-id") == Some(id.as_str()) =>
+            {
+                delivered += 1
+            }
+            Ok(r) => failures.push(format!("connection {i}: {}", r.brief())),
+            Err(e) => failures.push(format!("connection {i}: {e}")),
+        }
+    }
+    eprintln!("{delivered} deliveries read in {:?}", t.elapsed());
+    failures.truncate(10);
+    assert_eq!(delivered, SUBSCRIBERS, "first failures: {failures:#?}");
+    wait_stat(s.admin, "parked", 0, Duration::from_secs(10));
+}
