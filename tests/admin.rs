@@ -159,9 +159,10 @@ fn metrics_is_prometheus_text_with_the_stats() {
 
     let id = publish(s.admin, "quiet", "wake");
     assert_eq!(assert_delivery(&p.response(), "quiet", b"wake"), id);
-    wait_until(2 * SEC, || {
-        metric(&get(s.admin, "/metrics").body_str(), "parked") == Some(0.0)
-    });
+    wait_until(
+        || metric(&get(s.admin, "/metrics").body_str(), "parked") == Some(0.0),
+        2 * SEC,
+    );
     let text = get(s.admin, "/metrics").body_str();
     assert_eq!(metric(&text, "published"), Some(4.0), "{text}");
     assert_eq!(metric(&text, "parked"), Some(0.0), "{text}");
@@ -200,7 +201,7 @@ fn client_closing_while_parked_frees_its_slot() {
     assert_eq!(r.json()["subscribers"].as_u64(), Some(0), "{}", r.brief());
 
     // The connections are gone too (only our own /stats connection remains).
-    let ok = wait_until(3 * SEC, || stat(s.admin, "connections") <= 1);
+    let ok = wait_until(|| stat(s.admin, "connections") <= 1, 3 * SEC);
     assert!(ok, "connections not freed: {}", stats(s.admin));
 }
 

@@ -61,10 +61,13 @@ fn one_publish_reaches_15000_parked_polls() {
 
     let t = Instant::now();
     let mut parked = 0;
-    let all_parked = wait_until(Duration::from_secs(60), || {
-        parked = stat(s.admin, "parked");
-        parked == SUBSCRIBERS as u64
-    });
+    let all_parked = wait_until(
+        || {
+            parked = stat(s.admin, "parked");
+            parked == SUBSCRIBERS as u64
+        },
+        Duration::from_secs(60),
+    );
     assert!(
         all_parked,
         "only {parked} of {SUBSCRIBERS} polls parked after 60 s"

@@ -541,19 +541,22 @@ fn max_connections_rejects_the_next_with_503_and_recovers() {
 
     drop(held.pop());
     let mut served = None;
-    let ok = wait_until(5 * SEC, || {
-        let mut c = Conn::open(s.public);
-        let r = c
-            .try_send(&request_bytes("GET", "/health", &[], None))
-            .and_then(|_| c.read_response());
-        match r {
-            Ok(r) if r.status == 200 => {
-                served = Some(c);
-                true
+    let ok = wait_until(
+        || {
+            let mut c = Conn::open(s.public);
+            let r = c
+                .try_send(&request_bytes("GET", "/health", &[], None))
+                .and_then(|_| c.read_response());
+            match r {
+                Ok(r) if r.status == 200 => {
+                    served = Some(c);
+                    true
+                }
+                _ => false,
             }
-            _ => false,
-        }
-    });
+        },
+        5 * SEC,
+    );
     assert!(ok, "no new connection served after one of the 3 closed");
     // And the cap holds again with the new one.
     assert_rejected_with_503(s.public);

@@ -776,7 +776,7 @@ pub fn stat(admin: SocketAddr, field: &str) -> u64 {
 }
 
 /// Polls `cond` every 20 ms until it holds or `timeout` passes; returns whether it held.
-pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+pub fn wait_until(mut cond: impl FnMut() -> bool, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
     loop {
         if cond() {
@@ -792,10 +792,13 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 /// Waits until `/stats` `field` == `want`; panics with the last value otherwise.
 pub fn wait_stat(admin: SocketAddr, field: &str, want: u64, timeout: Duration) {
     let mut last = u64::MAX;
-    let ok = wait_until(timeout, || {
-        last = stat(admin, field);
-        last == want
-    });
+    let ok = wait_until(
+        || {
+            last = stat(admin, field);
+            last == want
+        },
+        timeout,
+    );
     assert!(
         ok,
         "/stats {field} did not reach {want} within {timeout:?} (last {last})"
