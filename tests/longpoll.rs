@@ -282,6 +282,26 @@ fn last_event_id_header_is_the_cursor_without_since() {
 }
 
 #[test]
+fn since_wins_over_last_event_id() {
+    let s = Server::start(&[]);
+    let id1 = publish(s.admin, "both", "one");
+    let id2 = publish(s.admin, "both", "two");
+    // The query names the newer cursor, the header the older one: the query rules.
+    let r = poll_with(
+        s.public,
+        &format!("/sub/both?since={id1}&timeout=0"),
+        &[("Last-Event-ID", "0")],
+    );
+    assert_eq!(assert_delivery(&r, "both", b"two"), id2);
+    let r = poll_with(
+        s.public,
+        "/sub/both?since=0&timeout=0",
+        &[("Last-Event-ID", &id1)],
+    );
+    assert_eq!(assert_delivery(&r, "both", b"one"), id1);
+}
+
+#[test]
 fn multi_channel_poll_returns_the_oldest_across_channels() {
     let s = Server::start(&[]);
     let a1 = publish(s.admin, "a", "a1");

@@ -130,6 +130,22 @@ fn delete_returns_204_and_parked_polls_get_410() {
 }
 
 #[test]
+fn deleting_one_channel_of_a_multi_channel_poll_gives_410_and_unlinks_the_rest() {
+    let s = Server::start(&[]);
+    let mut c = park(s.public, "/sub/keep,drop?timeout=30");
+    wait_stat(s.admin, "parked", 1, 5 * SEC);
+    // Nothing published to `drop` yet: it exists because someone waits on it.
+    let r = request(s.admin, "DELETE", "/pub/drop", &[], None);
+    assert_eq!(r.status, 204, "{}", r.brief());
+    let g = c.response();
+    assert_eq!(g.status, 410, "{}", g.brief());
+    wait_stat(s.admin, "parked", 0, 2 * SEC);
+    // The poll is gone from `keep` too: a publish there is handed to nobody.
+    let r = publish_full(s.admin, "keep", b"after", None);
+    assert_eq!(r.json()["subscribers"].as_u64(), Some(0), "{}", r.brief());
+}
+
+#[test]
 fn delete_unknown_channel_is_404() {
     let s = Server::start(&[]);
     let r = request(s.admin, "DELETE", "/pub/nothing-here", &[], None);
