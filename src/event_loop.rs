@@ -153,6 +153,7 @@ impl Worker {
                                 key,
                                 ev.is_readable() || ev.is_read_closed() || ev.is_error(),
                                 ev.is_writable(),
+                                ev.is_read_closed() || ev.is_error(),
                             );
                         }
                     }
@@ -295,7 +296,7 @@ impl Worker {
 
     // ---- readiness ------------------------------------------------------------------
 
-    fn on_ready(&mut self, key: usize, readable: bool, writable: bool) {
+    fn on_ready(&mut self, key: usize, readable: bool, writable: bool, hup: bool) {
         if writable && self.conns[key].has_output() {
             self.flush(key);
         }
@@ -306,7 +307,11 @@ impl Worker {
         }
         match c.phase {
             Phase::Parked | Phase::Stream => {
-                if readable {
+                if hup {
+                    // Gone (or half-closed) while waiting: nothing will be read again,
+                    // even if a full input buffer keeps us from seeing the EOF by reading.
+                    self.close(key);
+                } else if readable {
                     self.read_while_parked(key);
                 }
             }
