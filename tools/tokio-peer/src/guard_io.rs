@@ -1,0 +1,294 @@
+//! The socket hyper reads and writes: a `TcpStream` wrapper that enforces the limits of
+//! PROTOCOL.md that hyper has no knob for.
+//!
+//! Owns three things:
+//! - **Header timeout** (`--header-timeout`, slow-loris): a request head must be complete
+//!   within the limit, counted from accept for a new connection and from the first byte
+//!   of the next head on a kept-alive one.
+//! - **Keep-alive timeout** (`--keepalive-timeout`): a connection with no request in
+//!   flight and no bytes arriving is closed after the limit; this also bounds a response
+//!   the client will not read, as the deadline starts when the response is handed to
+//!   hyper, written or not.
+//! - **Request line over 8 KiB** (`414`): detected while the line is still arriving, so
+//!   a client cannot park an endless line in hyper's buffer.
+//!
+//! Why not hyper's `header_read_timeout`: hyper 1.x starts that timer as soon as it
+//! starts waiting for a head, i.e. at the end of the previous response, so on a kept-alive
+//! connection it is also the idle timeout; PROTOCOL.md wants 10 s for the head and 60 s
+//! idle. One deadline here, re-armed only on phase changes (a `tokio::time::Sleep`
+//! reset, not a new timer per read), covers both.
+//!
+//! The phase comes from [`ConnShared`]: the service bumps `started` and holds an
+//! [`InFlight`] guard while it works on a request (for SSE: while the stream is open).
+//! Phases: `Head` (deadline = header timeout; scanning the request line) → `Busy` (no
+//! deadline: a parked poll may last minutes) → `Idle` (deadline = keep-alive timeout) →
+//! `Head` again on the next byte. The wrapper sees a transition at its next poll, and the
+//! end of a request is always followed by one: hyper writes the response through it.
+//! A newly armed deadline is registered with the task at once.
+//!
+//! A deadline or an over-long line fails the read with an error, which ends hyper's
+//! connection without a response; the connection task then reads [`GuardedIo::outcome`]
+//! and writes the `414` itself.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering::Acquire, Ordering::Release};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use holdfast::http::parse::MAX_REQUEST_LINE;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio::time::{Instant, Sleep};
+
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub header: Duration,
+    pub keepalive: Duration,
+}
+
+/// State shared by a connection's socket wrapper, its service and its task.
+#[derive(Default)]
+pub struct ConnShared {
+    /// Requests hyper has handed to the service so far.
+    started: AtomicU32,
+    /// Requests (and SSE streams) whose response is not complete yet.
+    in_flight: AtomicU32,
+    /// Raised by an SSE stream whose client fell too far behind: the connection task
+    /// drops the connection without waiting for hyper.
+    abort: Notify,
+}
+
+impl ConnShared {
+    /// Marks a request as started; the guard ends it when dropped.
+    pub fn begin(self: &Arc<Self>) -> InFlight {
+        self.started.fetch_add(1, Release);
+        self.in_flight.fetch_add(1, Release);
+        InFlight(self.clone())
+    }
+
+    /// Asks the connection task to drop the connection now.
+    pub fn abort(&self) {
+        self.abort.notify_one();
+    }
+
+    /// Resolves once [`abort`](Self::abort) has been called (a stored permit counts).
+    pub async fn aborted(&self) {
+        self.abort.notified().await;
+    }
+}
+
+/// A request in progress; see [`ConnShared::begin`].
+pub struct InFlight(Arc<ConnShared>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Release);
+    }
+}
+
+/// How the connection ended, as far as the socket wrapper knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Neither side has closed: the server is closing (Connection: close, an error, a
+    /// shutdown), so the connection task lingers.
+    Open,
+    /// The client closed its side.
+    Eof,
+    /// A header or keep-alive deadline passed.
+    TimedOut,
+    /// The request line grew past 8 KiB: answer `414`.
+    RequestLineTooLong,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Head,
+    Busy,
+    Idle,
+}
+
+pub struct GuardedIo {
+    stream: TcpStream,
+    conn: Arc<ConnShared>,
+    timeouts: Timeouts,
+    phase: Phase,
+    /// `ConnShared::started` as of the last poll.
+    seen_started: u32,
+    deadline: Pin<Box<Sleep>>,
+    /// Bytes of the current request line seen so far without its `\n`; `None` once the
+    /// line is complete (or while not reading a head).
+    line: Option<usize>,
+    outcome: Outcome,
+}
+
+impl GuardedIo {
+    pub fn new(stream: TcpStream, conn: Arc<ConnShared>, timeouts: Timeouts) -> GuardedIo {
+        GuardedIo {
+            stream,
+            conn,
+            timeouts,
+            phase: Phase::Head,
+            seen_started: 0,
+            // A new connection's head deadline counts from accept.
+            deadline: Box::pin(tokio::time::sleep(timeouts.header)),
+            line: Some(0),
+            outcome: Outcome::Open,
+        }
+    }
+
+    pub fn outcome(&self) -> Outcome {
+        self.outcome
+    }
+
+    pub fn stream_mut(&mut self) -> &mut TcpStream {
+        &mut self.stream
+    }
+
+    pub fn into_stream(self) -> TcpStream {
+        self.stream
+    }
+
+    /// Moves the deadline and registers it with the connection task right away, so it
+    /// fires even if hyper does not poll this socket again before then.
+    fn arm(&mut self, after: Duration, cx: &mut Context<'_>) {
+        self.deadline.as_mut().reset(Instant::now() + after);
+        let _ = self.deadline.as_mut().poll(cx);
+    }
+
+    /// Catches up with what the service did since the last poll. The end of a request is
+    /// always seen promptly: its guard drops when the service future completes, and hyper
+    /// then writes the response through this wrapper.
+    fn sync_phase(&mut self, cx: &mut Context<'_>) {
+        let started = self.conn.started.load(Acquire);
+        if started != self.seen_started {
+            self.seen_started = started;
+            self.phase = Phase::Busy;
+            self.line = None;
+        }
+        if self.phase == Phase::Busy && self.conn.in_flight.load(Acquire) == 0 {
+            self.phase = Phase::Idle;
+            self.arm(self.timeouts.keepalive, cx);
+        }
+    }
+
+    /// Accounts for bytes just read.
+    fn on_bytes(&mut self, bytes: &[u8], cx: &mut Context<'_>) -> io::Result<()> {
+        if self.phase == Phase::Idle {
+            self.phase = Phase::Head;
+            self.line = Some(0);
+            self.arm(self.timeouts.header, cx);
+        }
+        if let Some(seen) = self.line {
+            if bytes.contains(&b'\n') {
+                self.line = None;
+            } else {
+                let seen = seen + bytes.len();
+                // Holdfast's rule: more than 8 KiB (plus the CR) without a line end.
+                if seen > MAX_REQUEST_LINE + 1 {
+                    self.outcome = Outcome::RequestLineTooLong;
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "request line too long",
+                    ));
+                }
+                self.line = Some(seen);
+            }
+        }
+        Ok(())
+    }
+
+    /// Called when an operation is pending: fails it if the phase's deadline has passed
+    /// (and registers the timer otherwise). A request in flight has no deadline here.
+    fn check_deadline(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        if self.phase != Phase::Busy && self.deadline.as_mut().poll(cx).is_ready() {
+            self.outcome = Outcome::TimedOut;
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        Ok(())
+    }
+}
+
+impl AsyncRead for GuardedIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if matches!(
+            this.outcome,
+            Outcome::TimedOut | Outcome::RequestLineTooLong
+        ) {
+            return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
+        }
+        this.sync_phase(cx);
+        let before = buf.filled().len();
+        match Pin::new(&mut this.stream).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let new = &buf.filled()[before..];
+                if new.is_empty() {
+                    this.outcome = Outcome::Eof;
+                    return Poll::Ready(Ok(()));
+                }
+                // On an error the bytes just read are not handed to hyper: the
+                // connection ends either way.
+                Poll::Ready(this.on_bytes(new, cx))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                this.check_deadline(cx)?;
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl AsyncWrite for GuardedIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        this.sync_phase(cx);
+        match Pin::new(&mut this.stream).poll_write(cx, buf) {
+            Poll::Pending => {
+                this.check_deadline(cx)?;
+                Poll::Pending
+            }
+            ready => ready,
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        this.sync_phase(cx);
+        match Pin::new(&mut this.stream).poll_write_vectored(cx, bufs) {
+            Poll::Pending => {
+                this.check_deadline(cx)?;
+                Poll::Pending
+            }
+            ready => ready,
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}

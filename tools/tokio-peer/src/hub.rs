@@ -1,0 +1,377 @@
+//! Wake-ups from publishers to subscribers: the tokio side of the store's `notify`
+//! callback.
+//!
+//! Owns, per channel name that has someone waiting on it (one `HashMap` behind a
+//! `Mutex`):
+//! - a [`Signal`]: a `tokio::sync::Notify` that parked long-polls wait on, plus the
+//!   highest generation of a deleted incarnation of the channel. A publish calls
+//!   `notify_waiters`; each woken poll re-reads the store, which stays the single source
+//!   of truth for "the oldest message newer than my cursor" and for gap detection. A
+//!   parked poll therefore holds only its `Notified` futures (one small box per channel)
+//!   and no message queue — the lean choice for the case holdfast is built around.
+//! - the SSE streams on the channel: one unbounded `mpsc` sender per stream, fed in
+//!   publish order (the store calls us under its lock), with the rendered frame shared by
+//!   every stream (rendered once per message and `event:`-line variant). Streams get the
+//!   message itself rather than a wake-up, so a burst of publishes never outruns a
+//!   stream's task and turns into `event: lost`; what bounds a stream is its byte backlog
+//!   (`--sse-max-backlog`): the publisher counts bytes in, the body counts bytes out,
+//!   and a stream over the limit is cut by aborting its connection.
+//!
+//! Lock order: the store lock, then the hub lock (publish and delete notify while holding
+//! the store lock). Subscribers take the two one at a time, never nested.
+//!
+//! No publish is missed between a subscriber's check and its wait: a long-poll creates
+//! and enables its `Notified` futures before it asks the store, and a stream is in the
+//! hub before the store registers it; messages a stream receives twice (from the store's
+//! buffer and as a note) are dropped by id.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Poll;
+
+use bytes::Bytes;
+use holdfast::pubsub::{ChannelKey, Message, Note};
+use slab::Slab;
+use tokio::sync::futures::Notified;
+use tokio::sync::{mpsc, Notify};
+
+use crate::guard_io::ConnShared;
+
+/// The generation half of a store `ChannelKey` (slot in the low 32 bits, generation in
+/// the high 32). Generations grow with every channel the store creates, so a later
+/// incarnation of a name always has a higher one.
+fn generation(key: ChannelKey) -> u32 {
+    (key >> 32) as u32
+}
+
+/// What long-polls on one channel wait for.
+#[derive(Default)]
+pub struct Signal {
+    notify: Notify,
+    /// Highest generation of a deleted incarnation of this channel (0: none).
+    deleted_gen: AtomicU32,
+}
+
+/// A stream's end of its backlog accounting, shared with the hub.
+pub struct StreamState {
+    /// Bytes handed to the stream's queue and not yet taken by its body.
+    queued: AtomicUsize,
+    /// Set once the backlog passed the limit; nothing more is queued.
+    cut: AtomicBool,
+    conn: Arc<ConnShared>,
+}
+
+impl StreamState {
+    pub fn new(conn: Arc<ConnShared>) -> StreamState {
+        StreamState {
+            queued: AtomicUsize::new(0),
+            cut: AtomicBool::new(false),
+            conn,
+        }
+    }
+
+    /// The body took `n` bytes off the queue.
+    pub fn taken(&self, n: usize) {
+        self.queued.fetch_sub(n, Ordering::AcqRel);
+    }
+
+    pub fn is_cut(&self) -> bool {
+        self.cut.load(Ordering::Acquire)
+    }
+}
+
+/// What the hub sends an SSE stream.
+pub enum StreamItem {
+    /// A published message, already framed for this stream.
+    Message {
+        id: u64,
+        evicted_max: u64,
+        frame: Bytes,
+    },
+    /// An incarnation of one of the stream's channels was deleted.
+    Deleted { key: ChannelKey, channel: Arc<str> },
+}
+
+struct StreamTx {
+    tx: mpsc::UnboundedSender<StreamItem>,
+    /// Subscribed to more than one channel: frames carry `event: CHANNEL`.
+    named: bool,
+    state: Arc<StreamState>,
+}
+
+impl StreamTx {
+    fn push(&self, item: StreamItem, len: usize, max_backlog: usize) {
+        if self.state.is_cut() {
+            return;
+        }
+        let queued = self.state.queued.fetch_add(len, Ordering::AcqRel) + len;
+        if queued > max_backlog {
+            self.state.cut.store(true, Ordering::Release);
+            self.state.conn.abort();
+            return;
+        }
+        // A send fails only if the body is gone, and then its registration is going too.
+        let _ = self.tx.send(item);
+    }
+}
+
+#[derive(Default)]
+struct Entry {
+    signal: Arc<Signal>,
+    streams: Slab<StreamTx>,
+}
+
+impl Entry {
+    /// Nobody but the hub refers to it.
+    fn unused(&self) -> bool {
+        Arc::strong_count(&self.signal) == 1 && self.streams.is_empty()
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    channels: HashMap<Arc<str>, Entry>,
+    /// Shutting down: no new streams.
+    closed: bool,
+}
+
+impl Inner {
+    fn entry(&mut self, name: &str) -> (Arc<str>, &mut Entry) {
+        let key = match self.channels.get_key_value(name) {
+            Some((k, _)) => k.clone(),
+            None => {
+                let k: Arc<str> = Arc::from(name);
+                self.channels.insert(k.clone(), Entry::default());
+                k
+            }
+        };
+        let entry = self
+            .channels
+            .get_mut(&key)
+            .unwrap_or_else(|| unreachable!("entry inserted above"));
+        (key, entry)
+    }
+
+    fn drop_if_unused(&mut self, name: &str) {
+        if self.channels.get(name).is_some_and(Entry::unused) {
+            self.channels.remove(name);
+        }
+    }
+}
+
+pub struct Hub {
+    inner: Mutex<Inner>,
+    max_backlog: usize,
+}
+
+impl Hub {
+    pub fn new(max_backlog: usize) -> Arc<Hub> {
+        Arc::new(Hub {
+            inner: Mutex::default(),
+            max_backlog,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves a consistent map (every update is one
+        // insert or remove), so keep serving rather than poisoning every request.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The store's notify callback: called with the store lock held, in id order.
+    pub fn on_note(&self, note: Note) {
+        let g = self.lock();
+        match note {
+            Note::Message {
+                msg, evicted_max, ..
+            } => {
+                let Some(e) = g.channels.get(&*msg.channel) else {
+                    return;
+                };
+                e.signal.notify.notify_waiters();
+                // Rendered on first use: without and with the `event:` line.
+                let mut frames: [Option<Bytes>; 2] = [None, None];
+                for (_, s) in e.streams.iter() {
+                    let frame = frames[usize::from(s.named)]
+                        .get_or_insert_with(|| render(&msg, s.named))
+                        .clone();
+                    let len = frame.len();
+                    let item = StreamItem::Message {
+                        id: msg.id,
+                        evicted_max,
+                        frame,
+                    };
+                    s.push(item, len, self.max_backlog);
+                }
+            }
+            Note::Deleted { key, channel } => {
+                let Some(e) = g.channels.get(&*channel) else {
+                    return;
+                };
+                e.signal
+                    .deleted_gen
+                    .fetch_max(generation(key), Ordering::AcqRel);
+                e.signal.notify.notify_waiters();
+                for (_, s) in e.streams.iter() {
+                    let item = StreamItem::Deleted {
+                        key,
+                        channel: channel.clone(),
+                    };
+                    s.push(item, 0, self.max_backlog);
+                }
+            }
+        }
+    }
+
+    /// The signals of `names` (in order), for a long-poll about to park.
+    pub fn watch(self: &Arc<Self>, names: &[&str]) -> Watch {
+        let mut g = self.lock();
+        let signals = names
+            .iter()
+            .map(|n| {
+                let (name, e) = g.entry(n);
+                (name, e.signal.clone())
+            })
+            .collect();
+        Watch {
+            hub: self.clone(),
+            signals,
+        }
+    }
+
+    /// Registers an SSE stream on `names`; `None` once shutdown has begun.
+    pub fn add_stream(
+        self: &Arc<Self>,
+        names: &[&str],
+        tx: mpsc::UnboundedSender<StreamItem>,
+        state: Arc<StreamState>,
+    ) -> Option<StreamReg> {
+        let mut g = self.lock();
+        if g.closed {
+            return None;
+        }
+        let named = names.len() > 1;
+        let slots = names
+            .iter()
+            .map(|n| {
+                let (name, e) = g.entry(n);
+                let slot = e.streams.insert(StreamTx {
+                    tx: tx.clone(),
+                    named,
+                    state: state.clone(),
+                });
+                (name, slot)
+            })
+            .collect();
+        Some(StreamReg {
+            hub: self.clone(),
+            state,
+            slots,
+        })
+    }
+
+    /// Shutdown: drops every stream's senders, which ends their bodies.
+    pub fn close(&self) {
+        let mut g = self.lock();
+        g.closed = true;
+        for e in g.channels.values_mut() {
+            e.streams.clear();
+        }
+        g.channels.retain(|_, e| !e.unused());
+    }
+}
+
+fn render(msg: &Message, named: bool) -> Bytes {
+    let mut v = Vec::with_capacity(msg.payload.len() + 64);
+    holdfast::sse::event(&mut v, msg, named);
+    Bytes::from(v)
+}
+
+/// A long-poll's hold on the signals of its channels; released on drop.
+pub struct Watch {
+    hub: Arc<Hub>,
+    signals: Vec<(Arc<str>, Arc<Signal>)>,
+}
+
+impl Watch {
+    /// Fresh `Notified` futures for every channel, enabled, so that a publish from now
+    /// on wakes them even before they are first polled.
+    pub fn arm(&self) -> Armed<'_> {
+        Armed(
+            self.signals
+                .iter()
+                .map(|(_, s)| {
+                    let mut n = Box::pin(s.notify.notified());
+                    n.as_mut().enable();
+                    n
+                })
+                .collect(),
+        )
+    }
+
+    /// Whether the channel incarnation of any of `keys` (one per channel, same order)
+    /// has been deleted.
+    pub fn deleted(&self, keys: &[ChannelKey]) -> bool {
+        self.signals
+            .iter()
+            .zip(keys)
+            .any(|((_, s), &k)| s.deleted_gen.load(Ordering::Acquire) >= generation(k))
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let mut g = self.hub.lock();
+        for (name, signal) in self.signals.drain(..) {
+            drop(signal);
+            g.drop_if_unused(&name);
+        }
+    }
+}
+
+/// Armed wake-ups for one wait; see [`Watch::arm`].
+pub struct Armed<'a>(Vec<Pin<Box<Notified<'a>>>>);
+
+impl Armed<'_> {
+    /// Resolves when any of the channels was notified.
+    pub async fn any(&mut self) {
+        std::future::poll_fn(|cx| {
+            for n in &mut self.0 {
+                if n.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(());
+                }
+            }
+            Poll::Pending
+        })
+        .await;
+    }
+}
+
+/// An SSE stream's registration in the hub; removed on drop.
+pub struct StreamReg {
+    hub: Arc<Hub>,
+    state: Arc<StreamState>,
+    slots: Vec<(Arc<str>, usize)>,
+}
+
+impl Drop for StreamReg {
+    fn drop(&mut self) {
+        let mut g = self.hub.lock();
+        for (name, slot) in self.slots.drain(..) {
+            if let Some(e) = g.channels.get_mut(&name) {
+                // After `close` the slot may be empty (or, in theory, reused): only
+                // remove our own sender.
+                if e.streams
+                    .get(slot)
+                    .is_some_and(|s| Arc::ptr_eq(&s.state, &self.state))
+                {
+                    e.streams.remove(slot);
+                }
+            }
+            g.drop_if_unused(&name);
+        }
+    }
+}

@@ -1,0 +1,161 @@
+//! The `text/event-stream` response body.
+//!
+//! Owns one open SSE stream: the first frame (`retry:` preamble plus every buffered
+//! message newer than the cursor, rendered when the stream opened), then what the
+//! [`hub`](crate::hub) queues for it, then heartbeats. hyper polls the body only when it
+//! has room to write, so the queue is where a slow reader's backlog builds up; the hub
+//! counts bytes in and this body counts bytes out (see `hub` for the cut-off).
+//!
+//! Framing is holdfast's own (`holdfast::sse`): `id:`, `event:` for multi-channel
+//! streams, one `data:` per line, base64 `event: binary` for non-UTF-8 payloads,
+//! `event: lost` before the first message after a gap, `event: deleted` then end.
+//!
+//! The body holds the stream's [`StreamGuard`]: when hyper drops the body (the client
+//! left, the stream ended, the connection was cut) the stream leaves the hub and the store
+//! and the counters drop.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use holdfast::pubsub::ChannelKey;
+use holdfast::stats::{dec, inc};
+use hyper::body::Frame;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, Interval, MissedTickBehavior};
+
+use crate::guard_io::InFlight;
+use crate::hub::{StreamItem, StreamReg, StreamState};
+use crate::server::App;
+use crate::subscribe::WORKER;
+
+/// Everything an open stream holds on to; released on drop.
+pub struct StreamGuard {
+    pub app: Arc<App>,
+    pub _reg: StreamReg,
+    /// The stream's registration in the store, one key per channel.
+    pub keys: Vec<ChannelKey>,
+    /// Keeps the connection "busy" for the socket wrapper (no idle deadline).
+    pub _flight: InFlight,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        for &key in &self.keys {
+            self.app.store.unsubscribe(key, WORKER, 1, false);
+        }
+        dec(&self.app.stats.sse_streams);
+    }
+}
+
+pub struct SseBody {
+    /// Sent before anything else.
+    first: Option<Bytes>,
+    /// A frame held back behind the `event: lost` frame that precedes it.
+    pending: Option<Bytes>,
+    rx: mpsc::UnboundedReceiver<StreamItem>,
+    state: Arc<StreamState>,
+    heartbeat: Interval,
+    /// Id of the last message sent.
+    cursor: u64,
+    done: bool,
+    guard: StreamGuard,
+}
+
+impl SseBody {
+    pub fn new(
+        first: Bytes,
+        rx: mpsc::UnboundedReceiver<StreamItem>,
+        state: Arc<StreamState>,
+        heartbeat: Duration,
+        cursor: u64,
+        guard: StreamGuard,
+    ) -> SseBody {
+        let mut heartbeat = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
+        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        SseBody {
+            first: Some(first),
+            pending: None,
+            rx,
+            state,
+            heartbeat,
+            cursor,
+            done: false,
+            guard,
+        }
+    }
+
+    fn data(b: Bytes) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        Poll::Ready(Some(Ok(Frame::data(b))))
+    }
+}
+
+impl hyper::body::Body for SseBody {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        if let Some(b) = this.first.take().or_else(|| this.pending.take()) {
+            return Self::data(b);
+        }
+        if this.state.is_cut() {
+            this.done = true;
+            return Poll::Ready(Some(Err(io::Error::other(
+                "event stream fell more than --sse-max-backlog behind",
+            ))));
+        }
+        loop {
+            match this.rx.poll_recv(cx) {
+                Poll::Ready(Some(StreamItem::Message {
+                    id,
+                    evicted_max,
+                    frame,
+                })) => {
+                    this.state.taken(frame.len());
+                    if id <= this.cursor {
+                        continue; // already sent from the store's buffer
+                    }
+                    let lost = this.cursor != 0 && evicted_max > this.cursor;
+                    this.cursor = id;
+                    inc(&this.guard.app.stats.delivered);
+                    if lost {
+                        let mut gap = Vec::with_capacity(32);
+                        holdfast::sse::lost(&mut gap, id);
+                        this.pending = Some(frame);
+                        return Self::data(gap.into());
+                    }
+                    return Self::data(frame);
+                }
+                Poll::Ready(Some(StreamItem::Deleted { key, channel })) => {
+                    if !this.guard.keys.contains(&key) {
+                        continue; // an older incarnation, deleted before we registered
+                    }
+                    let mut last = Vec::with_capacity(32 + channel.len());
+                    holdfast::sse::deleted(&mut last, &channel);
+                    this.done = true;
+                    return Self::data(last.into());
+                }
+                // The hub dropped our sender: the server is shutting down.
+                Poll::Ready(None) => {
+                    this.done = true;
+                    return Poll::Ready(None);
+                }
+                Poll::Pending => break,
+            }
+        }
+        if this.heartbeat.poll_tick(cx).is_ready() {
+            return Self::data(Bytes::from_static(holdfast::sse::HEARTBEAT));
+        }
+        Poll::Pending
+    }
+}
