@@ -307,6 +307,9 @@ impl Worker {
         }
         match c.phase {
             Phase::Parked | Phase::Stream => {
+                // A stream whose backlog just drained gives its buffers back now, so an
+                // idle stream owns nothing but its slot.
+                self.release_io(key);
                 if hup {
                     // Gone (or half-closed) while waiting: nothing will be read again,
                     // even if a full input buffer keeps us from seeing the EOF by reading.

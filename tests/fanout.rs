@@ -79,10 +79,14 @@ fn one_publish_reaches_15000_parked_polls() {
         "user-space bytes per parked long-poll: {per_conn:.1} \
          (server RSS {rss_before} -> {rss_parked} over {SUBSCRIBERS} parked)"
     );
-    assert!(
-        per_conn <= 256.0,
-        "a parked long-poll costs {per_conn:.1} bytes of server RSS (budget 256)"
-    );
+    // The budget is holdfast's design goal; another server under test (the tokio peer)
+    // is measured and printed, not held to it.
+    if testing_holdfast() {
+        assert!(
+            per_conn <= 256.0,
+            "a parked long-poll costs {per_conn:.1} bytes of server RSS (budget 256)"
+        );
+    }
 
     let t = Instant::now();
     let r = publish_full(s.admin, "fan", PAYLOAD, None);

@@ -26,6 +26,12 @@ pub fn server_bin() -> String {
     std::env::var("HOLDFAST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_holdfast").to_string())
 }
 
+/// True when the binary under test is holdfast itself (no `HOLDFAST_BIN` override), for
+/// the few checks that hold holdfast to its own budgets rather than to the protocol.
+pub fn testing_holdfast() -> bool {
+    std::env::var_os("HOLDFAST_BIN").is_none()
+}
+
 /// A running server process. Killed (SIGKILL) on drop.
 pub struct Server {
     child: Child,
@@ -849,4 +855,312 @@ pub fn assert_between(what: &str, elapsed: Duration, lo: Duration, hi: Duration)
         elapsed >= lo && elapsed <= hi,
         "{what}: took {elapsed:?}, expected between {lo:?} and {hi:?}"
     );
+}
+
+// ---------------------------------------------------------------------------------
+// Server-Sent-Events client
+// ---------------------------------------------------------------------------------
+
+/// `GET path` with `Accept: text/event-stream` plus `headers`.
+pub fn sse_request_bytes(path: &str, headers: &[(&str, &str)]) -> Vec<u8> {
+    let mut all = vec![("Accept", "text/event-stream")];
+    all.extend_from_slice(headers);
+    request_bytes("GET", path, &all, None)
+}
+
+/// The text every event stream starts with.
+pub const SSE_PREAMBLE: &str = "retry: 2000\n\n";
+
+/// One event block, parsed. `raw` is the block exactly as received (its lines and the
+/// blank line ending it), without comment lines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SseEvent {
+    pub raw: String,
+    pub fields: Vec<(String, String)>,
+}
+
+impl SseEvent {
+    /// Parses a block as returned by [`Sse::next_block`] (`name: value` lines; the one
+    /// space after the colon is not part of the value, as EventSource reads it).
+    pub fn parse(raw: String) -> SseEvent {
+        let fields = raw
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(|l| match l.split_once(':') {
+                Some((n, v)) => (n.to_string(), v.strip_prefix(' ').unwrap_or(v).to_string()),
+                None => (l.to_string(), String::new()),
+            })
+            .collect();
+        SseEvent { raw, fields }
+    }
+
+    /// The last value of field `name`.
+    pub fn field(&self, name: &str) -> Option<&str> {
+        self.fields
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn id(&self) -> Option<&str> {
+        self.field("id")
+    }
+
+    pub fn event(&self) -> Option<&str> {
+        self.field("event")
+    }
+
+    /// The `data:` values in order.
+    pub fn data_lines(&self) -> Vec<&str> {
+        self.fields
+            .iter()
+            .filter(|(n, _)| n == "data")
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// The data as EventSource hands it to the application: lines joined with `\n`.
+    pub fn data(&self) -> String {
+        self.data_lines().join("\n")
+    }
+}
+
+/// At most the first 200 bytes of `b`, quoted, and its length if longer.
+fn snippet(b: &[u8]) -> String {
+    if b.len() <= 200 {
+        format!("{:?}", String::from_utf8_lossy(b))
+    } else {
+        format!(
+            "{:?}... ({} bytes)",
+            String::from_utf8_lossy(&b[..200]),
+            b.len()
+        )
+    }
+}
+
+/// A client reading one event stream. Every read is bounded by a deadline.
+pub struct Sse {
+    pub conn: Conn,
+    /// The response head (its body is empty: the stream body is read block by block).
+    pub head: Option<Response>,
+    /// Comment lines (e.g. `: hb`) with the time they were parsed, in arrival order.
+    pub comments: Vec<(Instant, String)>,
+    /// Lines of the block being read.
+    partial: String,
+}
+
+impl Sse {
+    /// Sends the stream request on `conn` without reading anything.
+    pub fn begin(mut conn: Conn, path: &str, headers: &[(&str, &str)]) -> Sse {
+        conn.send(&sse_request_bytes(path, headers));
+        Sse {
+            conn,
+            head: None,
+            comments: Vec::new(),
+            partial: String::new(),
+        }
+    }
+
+    /// Connects, requests `path` as an event stream, and checks the answer is a `200`
+    /// `text/event-stream` whose body starts with `retry: 2000` and a blank line.
+    pub fn open(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Sse {
+        let mut s = Sse::begin(Conn::open(addr), path, headers);
+        s.expect_stream_start(IO_TIMEOUT);
+        s
+    }
+
+    /// Reads the head and the preamble, asserting both.
+    pub fn expect_stream_start(&mut self, within: Duration) {
+        let head = self
+            .read_head(within)
+            .unwrap_or_else(|e| panic!("reading the event-stream head: {e}"));
+        assert_eq!(head.status, 200, "event stream: {}", head.brief());
+        assert_eq!(
+            head.header("content-type"),
+            Some("text/event-stream"),
+            "{}",
+            head.brief()
+        );
+        let first = self
+            .next_block(within)
+            .unwrap_or_else(|e| panic!("reading the stream preamble: {e}"));
+        assert_eq!(first, SSE_PREAMBLE, "first bytes of the stream body");
+    }
+
+    /// Reads the response head (status line and headers) and nothing of the body.
+    pub fn read_head(&mut self, within: Duration) -> io::Result<Response> {
+        let deadline = Instant::now() + within;
+        let head_end = loop {
+            if let Some(i) = find(&self.conn.buf, b"\r\n\r\n") {
+                break i;
+            }
+            if self.fill_until(deadline)? == 0 {
+                return Err(io_err(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "closed before a complete response head; got {:?}",
+                        String::from_utf8_lossy(&self.conn.buf)
+                    ),
+                ));
+            }
+        };
+        let head = String::from_utf8_lossy(&self.conn.buf[..head_end]).into_owned();
+        self.conn.buf.drain(..head_end + 4);
+        let mut lines = head.split("\r\n");
+        let status_line = lines.next().unwrap_or_default();
+        let mut parts = status_line.splitn(3, ' ');
+        let version = parts.next().unwrap_or_default().to_string();
+        let status: u16 = parts
+            .next()
+            .and_then(|s| s.parse().ok())
+            .filter(|_| version.starts_with("HTTP/1."))
+            .ok_or_else(|| {
+                io_err(
+                    io::ErrorKind::InvalidData,
+                    format!("bad status line {status_line:?}"),
+                )
+            })?;
+        let reason = parts.next().unwrap_or_default().to_string();
+        let mut headers = Vec::new();
+        for line in lines {
+            let (n, v) = line.split_once(':').ok_or_else(|| {
+                io_err(
+                    io::ErrorKind::InvalidData,
+                    format!("bad header line {line:?}"),
+                )
+            })?;
+            headers.push((n.to_string(), v.trim().to_string()));
+        }
+        let resp = Response {
+            version,
+            status,
+            reason,
+            headers,
+            body: Vec::new(),
+        };
+        self.head = Some(resp.clone());
+        Ok(resp)
+    }
+
+    /// One read into the buffer, waiting at most until `deadline`. Ok(0) at end of
+    /// stream; a `TimedOut` error if the deadline passed.
+    fn fill_until(&mut self, deadline: Instant) -> io::Result<usize> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io_err(io::ErrorKind::TimedOut, "deadline passed"));
+        }
+        self.conn
+            .set_read_timeout(left.max(Duration::from_millis(1)));
+        match self.conn.fill() {
+            Err(e) if is_timeout(&e) => Err(io_err(io::ErrorKind::TimedOut, "deadline passed")),
+            r => r,
+        }
+    }
+
+    /// Takes complete lines from the buffer; returns a block once a blank line ends it.
+    /// Comment lines are recorded in `comments` and left out of blocks.
+    fn take_block(&mut self) -> Option<String> {
+        while let Some(i) = self.conn.buf.iter().position(|&b| b == b'\n') {
+            let line = String::from_utf8_lossy(&self.conn.buf[..i]).into_owned();
+            self.conn.buf.drain(..=i);
+            if line.is_empty() {
+                let mut block = std::mem::take(&mut self.partial);
+                block.push('\n');
+                return Some(block);
+            }
+            if line.starts_with(':') {
+                self.comments.push((Instant::now(), line));
+                continue;
+            }
+            self.partial.push_str(&line);
+            self.partial.push('\n');
+        }
+        None
+    }
+
+    /// Reads until a block is complete or `deadline` passes (Ok(None)). End of stream is
+    /// an `UnexpectedEof` error naming what was left unfinished.
+    pub fn poll_block(&mut self, deadline: Instant) -> io::Result<Option<String>> {
+        loop {
+            if let Some(block) = self.take_block() {
+                return Ok(Some(block));
+            }
+            match self.fill_until(deadline) {
+                Ok(0) => {
+                    return Err(io_err(
+                        io::ErrorKind::UnexpectedEof,
+                        format!(
+                            "stream closed; unfinished block {}, unfinished line {}",
+                            snippet(self.partial.as_bytes()),
+                            snippet(&self.conn.buf)
+                        ),
+                    ))
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => return Ok(None),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The next block (lines up to and including the blank line that ends it).
+    pub fn next_block(&mut self, within: Duration) -> io::Result<String> {
+        match self.poll_block(Instant::now() + within)? {
+            Some(b) => Ok(b),
+            None => Err(io_err(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "no complete event within {within:?}; unfinished block {}, \
+                     unfinished line {}",
+                    snippet(self.partial.as_bytes()),
+                    snippet(&self.conn.buf)
+                ),
+            )),
+        }
+    }
+
+    pub fn next_event(&mut self, within: Duration) -> io::Result<SseEvent> {
+        self.next_block(within).map(SseEvent::parse)
+    }
+
+    /// The next block, panicking on timeout or end of stream.
+    pub fn block(&mut self) -> String {
+        self.next_block(IO_TIMEOUT)
+            .unwrap_or_else(|e| panic!("reading an event: {e}"))
+    }
+
+    /// The next event, panicking on timeout or end of stream.
+    pub fn event(&mut self) -> SseEvent {
+        SseEvent::parse(self.block())
+    }
+
+    /// Every block that completes within `dur` (comments are recorded meanwhile).
+    pub fn blocks_for(&mut self, dur: Duration) -> io::Result<Vec<String>> {
+        let deadline = Instant::now() + dur;
+        let mut out = Vec::new();
+        while let Some(b) = self.poll_block(deadline)? {
+            out.push(b);
+        }
+        Ok(out)
+    }
+
+    /// True if no block completes (and the stream stays open) for `dur`.
+    pub fn quiet_for(&mut self, dur: Duration) -> Result<(), String> {
+        match self.blocks_for(dur) {
+            Ok(b) if b.is_empty() => Ok(()),
+            Ok(b) => Err(format!("unexpected events: {b:?}")),
+            Err(e) => Err(format!("stream failed: {e}")),
+        }
+    }
+
+    /// Waits up to `within` for the server to close the stream; Ok(the bytes that came
+    /// after the last complete block, including any unfinished block) or Err if it
+    /// stayed open.
+    pub fn wait_eof(&mut self, within: Duration) -> Result<Vec<u8>, String> {
+        let mut rest = std::mem::take(&mut self.partial).into_bytes();
+        let more = self.conn.wait_closed(within)?;
+        rest.extend_from_slice(&more);
+        Ok(rest)
+    }
 }
