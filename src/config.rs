@@ -71,6 +71,16 @@ pub struct Config {
     #[arg(long, value_name = "DUR", default_value = "15s", value_parser = parse_duration)]
     pub sse_heartbeat: Duration,
 
+    /// Cap on memory for buffered messages across all channels (payloads, content types
+    /// and 128 bytes of bookkeeping each); past it the oldest messages are evicted first.
+    #[arg(long, value_name = "SIZE", default_value = "256MiB", value_parser = parse_size)]
+    pub max_memory: u64,
+
+    /// Most channels that may exist at once; publishing to (or parking on) a new channel
+    /// beyond it gets 503.
+    #[arg(long, value_name = "N", default_value = "1000000", value_parser = parse_positive)]
+    pub max_channels: usize,
+
     /// Unsent bytes per SSE stream before it is cut off.
     #[arg(long, value_name = "SIZE", default_value = "256KiB", value_parser = parse_size)]
     pub sse_max_backlog: u64,
@@ -121,6 +131,15 @@ impl Config {
         }
         if self.max_message_size == 0 {
             return Err("--max-message-size must be greater than 0".into());
+        }
+        let one = self.max_message_size + crate::pubsub::MESSAGE_OVERHEAD as u64;
+        if self.max_memory < one {
+            return Err(format!(
+                "--max-memory ({} bytes) must hold at least one largest message ({} bytes: --max-message-size plus {} bytes of bookkeeping)",
+                self.max_memory,
+                one,
+                crate::pubsub::MESSAGE_OVERHEAD
+            ));
         }
         if self.listen == self.admin_listen && self.listen.port() != 0 {
             return Err(format!(

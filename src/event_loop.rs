@@ -1147,6 +1147,18 @@ impl Worker {
         )
     }
 
+    /// `--max-channels` refused a new channel: 503 (it may clear as channels expire).
+    fn too_many_channels(&mut self, req: &Request<'_>) -> Outcome {
+        let body = b"channel limit reached (--max-channels)\n";
+        self.respond(
+            req,
+            503,
+            &[("Retry-After", b"1")],
+            Some(b"text/plain; charset=utf-8"),
+            body,
+        )
+    }
+
     fn not_allowed(&mut self, req: &Request<'_>, allow: &[u8]) -> Outcome {
         let body = b"method not allowed\n";
         self.respond(
@@ -1173,6 +1185,9 @@ impl Worker {
                 shared.deliver_note(mask, note);
             });
         shared.wake(wake & !(1 << self.id));
+        let Ok(info) = info else {
+            return self.too_many_channels(req);
+        };
         let mut json = Vec::with_capacity(128);
         json.extend_from_slice(b"{\"id\":\"");
         let _ = write!(json, "{}\",\"channel\":", info.id);
@@ -1263,7 +1278,7 @@ impl Worker {
         }
         let cursor = since.map_or(Cursor::Latest, Cursor::Since);
         if req.wants_sse && self.shutting_down.is_none() && !self.conns[key].has(flag::EOF) {
-            return self.open_stream(key, names, cursor);
+            return self.open_stream(key, req, names, cursor);
         }
         let park =
             timeout_ms > 0 && self.shutting_down.is_none() && !self.conns[key].has(flag::EOF);
@@ -1273,6 +1288,9 @@ impl Worker {
             .shared
             .store
             .subscribe(names, cursor, park.then_some((id, keys)), self.now);
+        let Ok(r) = r else {
+            return self.too_many_channels(req);
+        };
         match r {
             Subscribed::Ready { msg, lost } => {
                 self.out.clear();
@@ -1335,7 +1353,13 @@ impl Worker {
 
     /// Turns the request into an SSE stream: head, every buffered message newer than
     /// the cursor, then the connection is linked like a parked poll and stays open.
-    fn open_stream(&mut self, key: usize, names: &[&str], mut cursor: Cursor) -> Outcome {
+    fn open_stream(
+        &mut self,
+        key: usize,
+        req: &Request<'_>,
+        names: &[&str],
+        mut cursor: Cursor,
+    ) -> Outcome {
         self.out.clear();
         sse::response_head(&mut self.out, &self.date);
         let named = names.len() > 1;
@@ -1347,7 +1371,8 @@ impl Worker {
                 .store
                 .subscribe(names, cursor, Some((id, keys)), self.now)
             {
-                Subscribed::Ready { msg, lost } => {
+                Err(_) => return self.too_many_channels(req),
+                Ok(Subscribed::Ready { msg, lost }) => {
                     if lost {
                         sse::lost(&mut self.out, msg.id);
                     }
@@ -1356,7 +1381,7 @@ impl Worker {
                     cursor = Cursor::Since(msg.id);
                 }
                 // Nothing newer: the store registered us on every channel.
-                Subscribed::Waiting { cursor, .. } => break cursor,
+                Ok(Subscribed::Waiting { cursor, .. }) => break cursor,
             }
         };
         let out = std::mem::take(&mut self.out);

@@ -19,6 +19,12 @@
 //! - Every non-empty channel has exactly one entry in the expiry heap, whose time is no
 //!   later than its oldest message's expiry; so the TTL sweep costs O(log channels) per
 //!   channel it touches, and nothing per idle channel.
+//! - Buffered messages are charged `payload + content type + MESSAGE_OVERHEAD` bytes
+//!   against `max_bytes`; past it, the globally oldest messages are evicted first (a
+//!   FIFO of ids in publish order, compacted when stale entries pile up), and their
+//!   channels record the gap like any other eviction.
+//! - At most `max_channels` channels exist; creating one more (publish, or a subscriber
+//!   parking on a new name) is refused with [`TooManyChannels`].
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -116,12 +122,42 @@ pub struct StoreStats {
     pub bytes_buffered: usize,
     pub published: u64,
     pub last_id: u64,
+    /// Bytes charged against the memory cap (payloads, content types, overhead).
+    pub bytes_charged: usize,
+    pub evicted_for_memory: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
 pub struct StoreConfig {
     pub buffer_messages: usize,
     pub message_ttl_ms: u64,
+    /// Cap on the bytes charged for buffered messages (see [`MESSAGE_OVERHEAD`]).
+    pub max_bytes: usize,
+    pub max_channels: usize,
+}
+
+impl StoreConfig {
+    /// No memory or channel cap (tests, benches).
+    pub fn unbounded(buffer_messages: usize, message_ttl_ms: u64) -> StoreConfig {
+        StoreConfig {
+            buffer_messages,
+            message_ttl_ms,
+            max_bytes: usize::MAX,
+            max_channels: usize::MAX,
+        }
+    }
+}
+
+/// Bytes charged per buffered message beyond its payload and content type: the shared
+/// `Message` allocation, its ring slot and its entry in the eviction FIFO.
+pub const MESSAGE_OVERHEAD: usize = 128;
+
+/// The channel limit (`--max-channels`) refused a new channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooManyChannels;
+
+fn charge(m: &Message) -> usize {
+    m.payload.len() + m.content_type.as_ref().map_or(0, |c| c.len()) + MESSAGE_OVERHEAD
 }
 
 struct Channel {
@@ -147,6 +183,13 @@ struct Inner {
     published: u64,
     buffered: usize,
     bytes: usize,
+    /// Bytes charged against `max_bytes`.
+    charged: usize,
+    /// Ids of buffered messages in publish order, for oldest-first eviction under the
+    /// memory cap. May hold ids already evicted otherwise (skipped when popped).
+    order: VecDeque<(u64, ChannelKey)>,
+    /// Messages evicted to stay under the memory cap.
+    evicted_for_memory: u64,
 }
 
 /// The shared store. Cheap to share behind an `Arc`.
@@ -182,6 +225,38 @@ impl Inner {
             c.bytes -= m.payload.len();
             self.buffered -= 1;
             self.bytes -= m.payload.len();
+            self.charged -= charge(&m);
+        }
+    }
+
+    /// Evicts the globally oldest messages until the charge is within `max`.
+    fn enforce_memory(&mut self, max: usize) {
+        while self.charged > max {
+            let Some((id, key)) = self.order.pop_front() else {
+                break;
+            };
+            let slot = (key & 0xffff_ffff) as usize;
+            let Some(c) = self.channel(key) else {
+                continue;
+            };
+            if c.ring.front().is_some_and(|m| m.id == id) {
+                self.evict_front(slot);
+                self.evicted_for_memory += 1;
+                self.free_if_unused(slot);
+            }
+        }
+        // Entries for messages evicted by ring overflow, TTL or deletion stay until
+        // popped; drop them when they outnumber live ones. O(n), amortised O(1).
+        if self.order.len() > 2 * self.buffered + 1024 {
+            let (slots, order) = (&self.slots, &mut self.order);
+            order.retain(|&(id, key)| {
+                let slot = (key & 0xffff_ffff) as usize;
+                slots
+                    .get(slot)
+                    .filter(|c| c.gen == (key >> 32) as u32)
+                    .and_then(|c| c.ring.front())
+                    .is_some_and(|front| front.id <= id)
+            });
         }
     }
 
@@ -227,6 +302,9 @@ impl Store {
                 published: 0,
                 buffered: 0,
                 bytes: 0,
+                charged: 0,
+                order: VecDeque::new(),
+                evicted_for_memory: 0,
             }),
         }
     }
@@ -247,10 +325,13 @@ impl Store {
         payload: Bytes,
         now: u64,
         mut notify: impl FnMut(u64, Note),
-    ) -> PublishInfo {
+    ) -> Result<PublishInfo, TooManyChannels> {
         let mut g = self.lock();
         let inner = &mut *g;
         Self::sweep_locked(inner, now);
+        if !inner.by_name.contains_key(channel) && inner.slots.len() >= self.cfg.max_channels {
+            return Err(TooManyChannels);
+        }
         let slot = inner.slot_for_subscribe(channel);
         inner.last_id += 1;
         inner.published += 1;
@@ -268,13 +349,18 @@ impl Store {
         c.bytes += msg.payload.len();
         c.last_id = id;
         c.ring.push_back(msg.clone());
+        let key = key_of(slot, c.gen);
         inner.buffered += 1;
         inner.bytes += msg.payload.len();
+        inner.charged += charge(&msg);
+        inner.order.push_back((id, key));
         while inner.slots[slot].ring.len() > cap {
             inner.evict_front(slot);
         }
+        // The new message is the newest anywhere, so it survives (the cap is validated
+        // to exceed one largest message).
+        inner.enforce_memory(self.cfg.max_bytes);
         let c = &inner.slots[slot];
-        let key = key_of(slot, c.gen);
         let info = PublishInfo {
             id,
             subscribers: c.subscribers,
@@ -293,7 +379,7 @@ impl Store {
         if was_empty {
             inner.expiry.push(Reverse((msg.expires_at, key)));
         }
-        info
+        Ok(info)
     }
 
     /// Looks for the oldest message newer than `cursor` on `names`. If there is none and
@@ -307,7 +393,7 @@ impl Store {
         cursor: Cursor,
         park: Option<(usize, &mut [ChannelKey])>,
         now: u64,
-    ) -> Subscribed {
+    ) -> Result<Subscribed, TooManyChannels> {
         let mut g = self.lock();
         let inner = &mut *g;
         Self::sweep_locked(inner, now);
@@ -332,12 +418,19 @@ impl Store {
             }
         }
         if let Some(m) = best {
-            return Subscribed::Ready {
+            return Ok(Subscribed::Ready {
                 msg: m.clone(),
                 lost,
-            };
+            });
         }
         if let Some((worker, keys)) = park {
+            let missing = names
+                .iter()
+                .filter(|n| !inner.by_name.contains_key(**n))
+                .count();
+            if missing > 0 && inner.slots.len() + missing > self.cfg.max_channels {
+                return Err(TooManyChannels);
+            }
             for (name, key) in names.iter().zip(keys.iter_mut()) {
                 let slot = inner.slot_for_subscribe(name);
                 let c = &mut inner.slots[slot];
@@ -346,7 +439,7 @@ impl Store {
                 *key = key_of(slot, c.gen);
             }
         }
-        Subscribed::Waiting { cursor, lost }
+        Ok(Subscribed::Waiting { cursor, lost })
     }
 
     /// Removes `n` subscribers of worker `worker` from channel `key`; `worker_done` says
@@ -382,6 +475,7 @@ impl Store {
         let c = inner.slots.remove(slot);
         inner.buffered -= c.ring.len();
         inner.bytes -= c.bytes;
+        inner.charged -= c.ring.iter().map(|m| charge(m)).sum::<usize>();
         if c.workers != 0 {
             notify(
                 c.workers,
@@ -450,6 +544,8 @@ impl Store {
             bytes_buffered: g.bytes,
             published: g.published,
             last_id: g.last_id,
+            bytes_charged: g.charged,
+            evicted_for_memory: g.evicted_for_memory,
         }
     }
 }
@@ -459,13 +555,7 @@ mod tests {
     use super::*;
 
     fn store(buffer: usize, ttl: u64) -> Store {
-        Store::with_seed(
-            StoreConfig {
-                buffer_messages: buffer,
-                message_ttl_ms: ttl,
-            },
-            1000,
-        )
+        Store::with_seed(StoreConfig::unbounded(buffer, ttl), 1000)
     }
 
     fn publish(s: &Store, ch: &str, body: &'static str, now: u64) -> u64 {
@@ -476,7 +566,18 @@ mod tests {
             now,
             |_, _| {},
         )
+        .expect("no channel cap")
         .id
+    }
+
+    fn sub(
+        s: &Store,
+        names: &[&str],
+        c: Cursor,
+        park: Option<(usize, &mut [ChannelKey])>,
+        now: u64,
+    ) -> Subscribed {
+        s.subscribe(names, c, park, now).expect("no channel cap")
     }
 
     fn ready(r: Subscribed) -> (u64, bool) {
@@ -521,12 +622,12 @@ mod tests {
         let ids: Vec<u64> = (0..5).map(|_| publish(&s, "a", "x", 0)).collect();
         let mut cursor = 0;
         for want in &ids {
-            let (id, lost) = ready(s.subscribe(&["a"], Cursor::Since(cursor), None, 0));
+            let (id, lost) = ready(sub(&s, &["a"], Cursor::Since(cursor), None, 0));
             assert_eq!((id, lost), (*want, false));
             cursor = id;
         }
         assert!(matches!(
-            s.subscribe(&["a"], Cursor::Since(cursor), None, 0),
+            sub(&s, &["a"], Cursor::Since(cursor), None, 0),
             Subscribed::Waiting { cursor: c, lost: false } if c == cursor
         ));
     }
@@ -540,7 +641,7 @@ mod tests {
         let mut seen = vec![];
         let mut cursor = 0;
         while let Subscribed::Ready { msg, .. } =
-            s.subscribe(&["b", "a", "zzz"], Cursor::Since(cursor), None, 0)
+            sub(&s, &["b", "a", "zzz"], Cursor::Since(cursor), None, 0)
         {
             seen.push(msg.id);
             cursor = msg.id;
@@ -552,7 +653,7 @@ mod tests {
     fn latest_cursor_skips_existing_messages() {
         let s = store(16, 60_000);
         let last = publish(&s, "a", "x", 0);
-        match s.subscribe(&["a"], Cursor::Latest, None, 0) {
+        match sub(&s, &["a"], Cursor::Latest, None, 0) {
             Subscribed::Waiting { cursor, .. } => assert_eq!(cursor, last),
             other => panic!("{other:?}"),
         }
@@ -564,13 +665,13 @@ mod tests {
         let first = publish(&s, "a", "1", 0);
         publish(&s, "a", "2", 0);
         let third = publish(&s, "a", "3", 0);
-        let (id, lost) = ready(s.subscribe(&["a"], Cursor::Since(0), None, 0));
+        let (id, lost) = ready(sub(&s, &["a"], Cursor::Since(0), None, 0));
         assert_eq!((id, lost), (first + 1, false));
         // Cursor older than the evicted message `first`.
-        let (id, lost) = ready(s.subscribe(&["a"], Cursor::Since(first - 1), None, 0));
+        let (id, lost) = ready(sub(&s, &["a"], Cursor::Since(first - 1), None, 0));
         assert_eq!((id, lost), (first + 1, true));
         // Cursor at the evicted message: nothing lost.
-        let (id, lost) = ready(s.subscribe(&["a"], Cursor::Since(first), None, 0));
+        let (id, lost) = ready(sub(&s, &["a"], Cursor::Since(first), None, 0));
         assert_eq!((id, lost), (first + 1, false));
         assert_eq!(s.info("a", 0).unwrap().buffered, 2);
         assert_eq!(s.info("a", 0).unwrap().last_id, third);
@@ -586,7 +687,7 @@ mod tests {
         s.expire(1000);
         let info = s.info("a", 1000).unwrap();
         assert_eq!((info.buffered, info.evicted_max), (1, id));
-        let (_, lost) = ready(s.subscribe(&["a"], Cursor::Since(id - 1), None, 1000));
+        let (_, lost) = ready(sub(&s, &["a"], Cursor::Since(id - 1), None, 1000));
         assert!(lost);
         s.expire(1500);
         assert!(
@@ -601,13 +702,15 @@ mod tests {
     fn parked_subscribers_get_notes_and_keep_channel_alive() {
         let s = store(16, 1000);
         let mut keys = [0; 2];
-        let r = s.subscribe(&["a", "b"], Cursor::Latest, Some((3, &mut keys)), 0);
+        let r = sub(&s, &["a", "b"], Cursor::Latest, Some((3, &mut keys)), 0);
         assert!(matches!(r, Subscribed::Waiting { .. }));
         assert_eq!(s.stats().channels, 2);
         let mut notes = vec![];
-        let info = s.publish("b", None, Bytes::from_static(b"x"), 0, |mask, n| {
-            notes.push((mask, n))
-        });
+        let info = s
+            .publish("b", None, Bytes::from_static(b"x"), 0, |mask, n| {
+                notes.push((mask, n))
+            })
+            .unwrap();
         assert_eq!(info.subscribers, 1);
         assert_eq!(notes.len(), 1);
         assert_eq!(notes[0].0, 1 << 3);
@@ -624,16 +727,88 @@ mod tests {
     fn delete_notifies_and_recreated_channel_has_new_key() {
         let s = store(16, 1000);
         let mut keys = [0; 1];
-        s.subscribe(&["a"], Cursor::Latest, Some((0, &mut keys)), 0);
+        sub(&s, &["a"], Cursor::Latest, Some((0, &mut keys)), 0);
         let mut deleted = vec![];
         assert!(s.delete("a", |m, n| deleted.push((m, n))));
         assert!(matches!(deleted[..], [(1, Note::Deleted { key, .. })] if key == keys[0]));
         assert!(!s.delete("a", |_, _| {}));
         // Unsubscribe of the old incarnation is ignored, even after re-creation.
         let mut keys2 = [0; 1];
-        s.subscribe(&["a"], Cursor::Latest, Some((0, &mut keys2)), 0);
+        sub(&s, &["a"], Cursor::Latest, Some((0, &mut keys2)), 0);
         assert_ne!(keys[0], keys2[0]);
         s.unsubscribe(keys[0], 0, 1, true);
         assert_eq!(s.info("a", 0).unwrap().subscribers, 1);
+    }
+    #[test]
+    fn memory_cap_evicts_globally_oldest_first_and_records_the_gap() {
+        let per = 100 + MESSAGE_OVERHEAD;
+        let s = Store::with_seed(
+            StoreConfig {
+                max_bytes: 3 * per,
+                ..StoreConfig::unbounded(16, 60_000)
+            },
+            1000,
+        );
+        let body = || Bytes::from(vec![b'x'; 100]);
+        let mut ids = vec![];
+        for ch in ["a", "b", "a", "c"] {
+            ids.push(s.publish(ch, None, body(), 0, |_, _| {}).unwrap().id);
+        }
+        // Four messages of `per` bytes under a 3 × `per` cap: the oldest (a's first) went.
+        let st = s.stats();
+        assert_eq!((st.messages_buffered, st.evicted_for_memory), (3, 1));
+        assert!(st.bytes_charged <= 3 * per);
+        let (id, lost) = ready(sub(&s, &["a"], Cursor::Since(ids[0] - 1), None, 0));
+        assert_eq!((id, lost), (ids[2], true));
+        // One more evicts b's only message; b is freed (no subscribers).
+        s.publish("c", None, body(), 0, |_, _| {}).unwrap();
+        assert!(s.info("b", 0).is_none());
+        assert_eq!(s.stats().messages_buffered, 3);
+    }
+
+    #[test]
+    fn stale_eviction_entries_are_compacted() {
+        let s = Store::with_seed(
+            StoreConfig {
+                max_bytes: 1 << 30,
+                ..StoreConfig::unbounded(1, 60_000)
+            },
+            0,
+        );
+        // Ring overflow evicts all but the newest; the FIFO must not keep them all.
+        for _ in 0..10_000 {
+            s.publish("a", None, Bytes::from_static(b"x"), 0, |_, _| {})
+                .unwrap();
+        }
+        assert!(s.lock().order.len() <= 1024 + 2 + 1);
+    }
+
+    #[test]
+    fn channel_cap_refuses_new_channels_only() {
+        let s = Store::with_seed(
+            StoreConfig {
+                max_channels: 2,
+                ..StoreConfig::unbounded(16, 60_000)
+            },
+            0,
+        );
+        let b = || Bytes::from_static(b"x");
+        assert!(s.publish("a", None, b(), 0, |_, _| {}).is_ok());
+        assert!(s.publish("b", None, b(), 0, |_, _| {}).is_ok());
+        assert_eq!(
+            s.publish("c", None, b(), 0, |_, _| {}),
+            Err(TooManyChannels)
+        );
+        assert!(
+            s.publish("a", None, b(), 0, |_, _| {}).is_ok(),
+            "existing channel"
+        );
+        let mut keys = [0; 2];
+        let r = s.subscribe(&["a", "new"], Cursor::Latest, Some((0, &mut keys)), 0);
+        assert!(matches!(r, Err(TooManyChannels)));
+        // Nothing was registered by the refused subscribe.
+        assert_eq!(s.info("a", 0).unwrap().subscribers, 0);
+        // Reading without parking never creates channels, so it is not refused.
+        assert!(s.subscribe(&["new"], Cursor::Latest, None, 0).is_ok());
     }
 }

@@ -174,6 +174,8 @@ pub fn start(cfg: &Config) -> io::Result<Handle> {
         store: Store::new(StoreConfig {
             buffer_messages: cfg.buffer_messages,
             message_ttl_ms: ms(cfg.message_ttl),
+            max_bytes: usize::try_from(cfg.max_memory).unwrap_or(usize::MAX),
+            max_channels: cfg.max_channels,
         }),
         stats: Stats::default(),
         workers: inboxes,

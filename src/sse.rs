@@ -98,15 +98,13 @@ mod tests {
     use bytes::Bytes;
 
     fn msg(payload: &'static [u8]) -> std::sync::Arc<Message> {
-        let s = Store::with_seed(
-            StoreConfig {
-                buffer_messages: 4,
-                message_ttl_ms: 1000,
-            },
-            41,
-        );
-        s.publish("news", None, Bytes::from_static(payload), 0, |_, _| {});
-        match s.subscribe(&["news"], crate::pubsub::Cursor::Since(0), None, 0) {
+        let s = Store::with_seed(StoreConfig::unbounded(4, 1000), 41);
+        s.publish("news", None, Bytes::from_static(payload), 0, |_, _| {})
+            .unwrap();
+        match s
+            .subscribe(&["news"], crate::pubsub::Cursor::Since(0), None, 0)
+            .unwrap()
+        {
             crate::pubsub::Subscribed::Ready { msg, .. } => msg,
             other => panic!("{other:?}"),
         }

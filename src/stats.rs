@@ -36,7 +36,7 @@ pub fn dec(c: &AtomicU64) {
 
 /// One consistent-enough reading of everything.
 pub struct Snapshot {
-    pub fields: [(&'static str, &'static str, u64); 13],
+    pub fields: [(&'static str, &'static str, u64); 15],
 }
 
 impl Stats {
@@ -49,6 +49,8 @@ impl Stats {
                 ("channels", "gauge", store.channels as u64),
                 ("messages_buffered", "gauge", store.messages_buffered as u64),
                 ("bytes_buffered", "gauge", store.bytes_buffered as u64),
+                ("memory_buffered", "gauge", store.bytes_charged as u64),
+                ("evicted_for_memory", "counter", store.evicted_for_memory),
                 ("published", "counter", store.published),
                 ("delivered", "counter", self.delivered.load(Relaxed)),
                 ("poll_timeouts", "counter", self.poll_timeouts.load(Relaxed)),

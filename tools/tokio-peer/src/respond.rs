@@ -122,6 +122,17 @@ pub fn shutting_down() -> Response<Body> {
     closing(r)
 }
 
+/// `503` + `Retry-After: 1`: `--max-channels` refused a new channel (keeps the connection).
+pub fn too_many_channels() -> Response<Body> {
+    let mut r = text(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "channel limit reached (--max-channels)\n",
+    );
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
+}
+
 /// `200` carrying one message.
 pub fn delivery(msg: &Message, lost: bool) -> Response<Body> {
     let ct = msg

@@ -127,6 +127,8 @@ impl Server {
             store: Store::new(StoreConfig {
                 buffer_messages: cfg.buffer_messages,
                 message_ttl_ms: cfg.message_ttl.as_millis() as u64,
+                max_bytes: usize::try_from(cfg.max_memory).unwrap_or(usize::MAX),
+                max_channels: cfg.max_channels,
             }),
             stats: Stats::default(),
             hub: Hub::new(cfg.sse_max_backlog as usize),

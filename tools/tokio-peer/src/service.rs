@@ -237,6 +237,9 @@ fn publish(app: &App, parts: &Parts, ch: &str, payload: Bytes) -> Response<Body>
         .publish(ch, content_type, payload, app.now_ms(), |_, note| {
             app.hub.on_note(note)
         });
+    let Ok(info) = info else {
+        return respond::too_many_channels();
+    };
     let mut json = Vec::with_capacity(128);
     let _ = write!(json, "{{\"id\":\"{}\",\"channel\":", info.id);
     json_str(&mut json, ch);

@@ -155,9 +155,10 @@ async fn long_poll(
     let shutting_down = app.shutting_down();
     if timeout.is_zero() || shutting_down {
         return match app.store.subscribe(names, cursor, None, app.now_ms()) {
-            Subscribed::Ready { msg, lost } => deliver(app, &msg, lost),
-            Subscribed::Waiting { .. } if shutting_down => respond::shutting_down(),
-            Subscribed::Waiting { cursor, .. } => timed_out(app, cursor),
+            Ok(Subscribed::Ready { msg, lost }) => deliver(app, &msg, lost),
+            Ok(Subscribed::Waiting { .. }) if shutting_down => respond::shutting_down(),
+            Ok(Subscribed::Waiting { cursor, .. }) => timed_out(app, cursor),
+            Err(_) => respond::too_many_channels(),
         };
     }
 
@@ -168,8 +169,9 @@ async fn long_poll(
         .store
         .subscribe(names, cursor, Some((WORKER, &mut keys)), app.now_ms())
     {
-        Subscribed::Ready { msg, lost } => return deliver(app, &msg, lost),
-        Subscribed::Waiting { cursor, .. } => cursor,
+        Ok(Subscribed::Ready { msg, lost }) => return deliver(app, &msg, lost),
+        Ok(Subscribed::Waiting { cursor, .. }) => cursor,
+        Err(_) => return respond::too_many_channels(),
     };
     inc(&app.stats.parked);
     let parked = Parked { app, keys };
@@ -189,7 +191,7 @@ async fn long_poll(
             return respond::text(StatusCode::GONE, "channel deleted\n");
         }
         let now = app.now_ms();
-        if let Subscribed::Ready { msg, lost } =
+        if let Ok(Subscribed::Ready { msg, lost }) =
             app.store.subscribe(names, Cursor::Since(cursor), None, now)
         {
             return deliver(app, &msg, lost);
@@ -220,7 +222,8 @@ fn open_stream(
             .store
             .subscribe(names, next, Some((WORKER, &mut keys)), now)
         {
-            Subscribed::Ready { msg, lost } => {
+            Err(_) => return respond::too_many_channels(),
+            Ok(Subscribed::Ready { msg, lost }) => {
                 if lost {
                     holdfast::sse::lost(&mut first, msg.id);
                 }
@@ -229,7 +232,7 @@ fn open_stream(
                 next = Cursor::Since(msg.id);
             }
             // Nothing newer: the store has registered the stream on every channel.
-            Subscribed::Waiting { cursor, .. } => break cursor,
+            Ok(Subscribed::Waiting { cursor, .. }) => break cursor,
         }
     };
     inc(&app.stats.sse_streams);
