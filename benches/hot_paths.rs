@@ -150,21 +150,20 @@ fn park(c: &mut Criterion) {
 }
 
 fn render(c: &mut Criterion) {
-    let store = Store::with_seed(
-        StoreConfig {
-            buffer_messages: 16,
-            message_ttl_ms: 60_000,
-        },
-        1_732_200_000_000_000,
-    );
-    store.publish(
-        "news",
-        Some(Bytes::from_static(b"application/json")),
-        Bytes::from(vec![b'x'; 512]),
-        0,
-        |_, _| {},
-    );
-    let msg = match store.subscribe(&["news"], Cursor::Since(0), None, 0) {
+    let store = Store::with_seed(StoreConfig::unbounded(16, 60_000), 1_732_200_000_000_000);
+    store
+        .publish(
+            "news",
+            Some(Bytes::from_static(b"application/json")),
+            Bytes::from(vec![b'x'; 512]),
+            0,
+            |_, _| {},
+        )
+        .unwrap();
+    let msg = match store
+        .subscribe(&["news"], Cursor::Since(0), None, 0)
+        .unwrap()
+    {
         Subscribed::Ready { msg, .. } => msg,
         other => panic!("{other:?}"),
     };
