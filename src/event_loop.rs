@@ -106,12 +106,17 @@ impl Worker {
             ls.push((t, l));
         }
         let now = shared.now_ms();
+        let slots = shared.max_connections.min(1 << 24);
         Ok(Worker {
             id,
             shared,
             poll,
             listeners: ls,
-            conns: Slab::with_capacity(1024),
+            // Sized for the whole connection cap up front: the allocation is virtual
+            // until slots are used (the kernel maps pages on first touch), and the slab
+            // never reallocates, so RSS grows by one slot per connection with no
+            // doubling slack and no copy of every live slot at each growth step.
+            conns: Slab::with_capacity(slots),
             wheel: Wheel::new(now),
             parking: Parking::new(),
             pool: Vec::new(),
