@@ -81,6 +81,11 @@ pub struct Config {
     #[arg(long, value_name = "N", default_value = "1000000", value_parser = parse_positive)]
     pub max_channels: usize,
 
+    /// Log the client address from `X-Real-IP` (else the last `X-Forwarded-For` entry)
+    /// instead of the socket peer. Set it only behind a proxy you run that sets them.
+    #[arg(long)]
+    pub trust_proxy: bool,
+
     /// Unsent bytes per SSE stream before it is cut off.
     #[arg(long, value_name = "SIZE", default_value = "256KiB", value_parser = parse_size)]
     pub sse_max_backlog: u64,

@@ -90,7 +90,15 @@ pub struct Worker {
     keys: [ChannelKey; pubsub::MAX_CHANNELS_PER_SUB],
     next_sweep: u64,
     shutting_down: Option<u64>,
+    /// Refused-request log lines written in the current second, and suppressed ones.
+    log_second: u64,
+    log_lines: u32,
+    log_suppressed: u32,
 }
+
+/// Refused-request log lines per worker per second; more are counted, not written, so
+/// a flood of bad requests cannot turn into a flood of log I/O.
+const LOG_LINES_PER_SEC: u32 = 10;
 
 impl Worker {
     pub fn new(
@@ -131,6 +139,9 @@ impl Worker {
             keys: [0; pubsub::MAX_CHANNELS_PER_SUB],
             next_sweep: now + 1000,
             shutting_down: None,
+            log_second: 0,
+            log_lines: 0,
+            log_suppressed: 0,
         })
     }
 
@@ -502,7 +513,7 @@ impl Worker {
                 let err = parse::check_partial(buf).err();
                 self.conns[key].io = Some(io);
                 if let Some(err) = err {
-                    self.reject(key, err.status(), err.reason());
+                    self.reject(key, err.status(), err.reason(), None);
                     return true;
                 }
                 return false;
@@ -514,23 +525,31 @@ impl Worker {
             Ok(Parsed::Partial) => {
                 // head_end saw a blank line that httparse does not accept as the end.
                 self.conns[key].io = Some(io);
-                self.reject(key, 400, "malformed request");
+                self.reject(key, 400, "malformed request", None);
                 return true;
             }
             Err(err) => {
                 self.conns[key].io = Some(io);
-                self.reject(key, err.status(), err.reason());
+                self.reject(key, err.status(), err.reason(), None);
                 return true;
             }
         };
         // Body framing.
         let head_len = req.head_len;
+        // The proxy-reported client, copied out of the buffer for the refusal log.
+        let mut fwd = [0u8; 64];
+        let fwd_len = req.forwarded_for.map_or(0, |f| {
+            let n = f.len().min(fwd.len());
+            fwd[..n].copy_from_slice(&f[..n]);
+            n
+        });
+        let fwd = (fwd_len > 0).then_some(&fwd[..fwd_len]);
         let (body, consumed): (&[u8], usize) = match req.body {
             BodyLen::None => (&[], head_len),
             BodyLen::Length(n) => {
                 if n > max as u64 {
                     self.conns[key].io = Some(io);
-                    self.reject(key, 413, "message too large");
+                    self.reject(key, 413, "message too large", fwd);
                     return true;
                 }
                 let total = head_len + n as usize;
@@ -561,9 +580,9 @@ impl Worker {
                     Err(e) => {
                         self.conns[key].io = Some(io);
                         match e {
-                            ChunkError::TooLarge => self.reject(key, 413, "message too large"),
+                            ChunkError::TooLarge => self.reject(key, 413, "message too large", fwd),
                             ChunkError::Malformed => {
-                                self.reject(key, 400, "malformed chunked body")
+                                self.reject(key, 400, "malformed chunked body", fwd)
                             }
                         }
                         return true;
@@ -634,7 +653,8 @@ impl Worker {
     }
 
     /// A request we refuse: error response, then close.
-    fn reject(&mut self, key: usize, code: u16, why: &str) {
+    fn reject(&mut self, key: usize, code: u16, why: &str, forwarded: Option<&[u8]>) {
+        self.log_refused(key, code, why, forwarded);
         self.out.clear();
         let mut body = [0u8; 128];
         let n = why.len().min(126);
@@ -659,6 +679,36 @@ impl Worker {
             io.body = None;
         }
         self.request_done(key, true);
+    }
+
+    /// One stderr line per refused request, rate-limited per worker. The client is the
+    /// socket peer, or with `--trust-proxy` the address the proxy reported.
+    fn log_refused(&mut self, key: usize, code: u16, why: &str, forwarded: Option<&[u8]>) {
+        let second = self.now / 1000;
+        if second != self.log_second {
+            if self.log_suppressed > 0 {
+                eprintln!(
+                    "holdfast: {} more refused requests not logged",
+                    self.log_suppressed
+                );
+            }
+            self.log_second = second;
+            self.log_lines = 0;
+            self.log_suppressed = 0;
+        }
+        if self.log_lines >= LOG_LINES_PER_SEC {
+            self.log_suppressed += 1;
+            return;
+        }
+        self.log_lines += 1;
+        let via = match forwarded.filter(|_| self.shared.trust_proxy) {
+            Some(f) => String::from_utf8_lossy(f).into_owned(),
+            None => self.conns[key]
+                .stream
+                .peer_addr()
+                .map_or_else(|_| "unknown".into(), |a| a.ip().to_string()),
+        };
+        eprintln!("holdfast: {code} to {via}: {why}");
     }
 
     // ---- output -------------------------------------------------------------------

@@ -44,6 +44,7 @@ pub struct Shared {
     pub shutdown_grace_ms: u64,
     pub sse_heartbeat_ms: u64,
     pub sse_max_backlog: usize,
+    pub trust_proxy: bool,
     epoch: Instant,
 }
 
@@ -189,6 +190,7 @@ pub fn start(cfg: &Config) -> io::Result<Handle> {
         shutdown_grace_ms: 1500,
         sse_heartbeat_ms: ms(cfg.sse_heartbeat),
         sse_max_backlog: cfg.sse_max_backlog as usize,
+        trust_proxy: cfg.trust_proxy,
         epoch: Instant::now(),
     });
 

@@ -579,3 +579,33 @@ fn server_does_not_spin_at_max_connections() {
         "server used {used:?} CPU in 2 s while at --max-connections"
     );
 }
+
+/// Logging is holdfast's own (not protocol), so this runs against holdfast only.
+#[test]
+fn refused_requests_are_logged_with_the_proxy_reported_client_when_trusted() {
+    if !testing_holdfast() {
+        return;
+    }
+    let big = vec![b'x'; 2048];
+    let headers = [("X-Forwarded-For", "10.9.9.9, 203.0.113.9")];
+    for (flags, want, not) in [
+        (
+            &["--max-message-size", "1KiB"][..],
+            "413 to 127.0.0.1",
+            "203.0.113.9",
+        ),
+        (
+            &["--max-message-size", "1KiB", "--trust-proxy"][..],
+            "413 to 203.0.113.9",
+            "10.9.9.9",
+        ),
+    ] {
+        let s = Server::start(flags);
+        let r = request(s.admin, "POST", "/pub/log", &headers, Some(&big));
+        assert_eq!(r.status, 413, "{}", r.brief());
+        let logged = wait_until(|| s.output().contains(want), Duration::from_secs(2));
+        let out = s.output();
+        assert!(logged, "{flags:?}: log lacks {want:?}:\n{out}");
+        assert!(!out.contains(not), "{flags:?}: log names {not:?}:\n{out}");
+    }
+}

@@ -86,6 +86,9 @@ pub struct Request<'a> {
     pub wants_sse: bool,
     pub last_event_id: Option<&'a [u8]>,
     pub content_type: Option<&'a [u8]>,
+    /// The client address a proxy reported: `X-Real-IP`, else the last `X-Forwarded-For`
+    /// entry (the one the nearest proxy appended). Only meaningful behind a trusted proxy.
+    pub forwarded_for: Option<&'a [u8]>,
     /// Bytes of the head including the blank line.
     pub head_len: usize,
 }
@@ -197,6 +200,8 @@ pub fn parse_head(buf: &[u8]) -> Result<Parsed<'_>, HeadError> {
     let mut wants_sse = false;
     let mut last_event_id = None;
     let mut content_type = None;
+    let mut real_ip = None;
+    let mut xff = None;
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         let value = trim(h.value);
@@ -228,6 +233,10 @@ pub fn parse_head(buf: &[u8]) -> Result<Parsed<'_>, HeadError> {
             last_event_id = Some(value);
         } else if name.eq_ignore_ascii_case(b"content-type") {
             content_type = Some(value);
+        } else if name.eq_ignore_ascii_case(b"x-real-ip") {
+            real_ip = Some(value);
+        } else if name.eq_ignore_ascii_case(b"x-forwarded-for") {
+            xff = value.rsplit(|&b| b == b',').next().map(trim);
         }
     }
     // Both framings at once is how request smuggling starts: refuse it (RFC 9112 §6.3).
@@ -257,6 +266,7 @@ pub fn parse_head(buf: &[u8]) -> Result<Parsed<'_>, HeadError> {
         wants_sse,
         last_event_id,
         content_type,
+        forwarded_for: real_ip.or(xff).filter(|v| !v.is_empty()),
         head_len,
     }))
 }
@@ -401,6 +411,17 @@ mod tests {
         head.extend(std::iter::repeat_n(b'x', MAX_HEADERS_BYTES + 10));
         assert_eq!(check_partial(&head), Err(HeadError::HeadersTooLarge));
         assert_eq!(check_partial(b"GET / HTTP/1.1\r\nHost"), Ok(()));
+    }
+
+    #[test]
+    fn forwarded_client_address() {
+        let r = complete(b"GET / HTTP/1.1\r\nX-Forwarded-For: 10.0.0.1, 203.0.113.9 \r\n\r\n");
+        assert_eq!(r.forwarded_for, Some(&b"203.0.113.9"[..]));
+        let r = complete(
+            b"GET / HTTP/1.1\r\nX-Forwarded-For: 10.0.0.1\r\nX-Real-IP: 198.51.100.7\r\n\r\n",
+        );
+        assert_eq!(r.forwarded_for, Some(&b"198.51.100.7"[..]));
+        assert_eq!(complete(b"GET / HTTP/1.1\r\n\r\n").forwarded_for, None);
     }
 
     #[test]
