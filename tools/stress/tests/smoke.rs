@@ -1,0 +1,150 @@
+//! End to end: a real holdfast server as a child process, the stress binary driving it,
+//! and the JSON summary checked. The server binary is the `holdfast` built next to this
+//! test (`target/<profile>/holdfast`, present after `cargo build` or `cargo test
+//! --workspace`), or the one `HOLDFAST_STRESS_SERVER` names; without either the
+//! server tests say so and skip.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use serde_json::Value;
+
+const STRESS: &str = env!("CARGO_BIN_EXE_holdfast-stress");
+
+fn server_binary() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("HOLDFAST_STRESS_SERVER") {
+        return Some(PathBuf::from(p));
+    }
+    // target/<profile>/deps/smoke-<hash> → target/<profile>/holdfast
+    let exe = std::env::current_exe().ok()?;
+    let candidate = exe.parent()?.parent()?.join("holdfast");
+    candidate.is_file().then_some(candidate)
+}
+
+/// A holdfast child process, killed when dropped.
+struct Server {
+    child: Child,
+    public: String,
+    admin: String,
+}
+
+impl Server {
+    fn start(bin: &PathBuf) -> Server {
+        let mut child = Command::new(bin)
+            .args(["--threads", "1", "--listen", "127.0.0.1:0"])
+            .args(["--admin-listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let out = child.stdout.take().expect("piped stdout");
+        let (mut public, mut admin) = (None, None);
+        for line in BufReader::new(out).lines() {
+            let line = line.expect("server stdout");
+            if let Some(a) = line.strip_prefix("listening public=") {
+                public = Some(a.trim().to_owned());
+            } else if let Some(a) = line.strip_prefix("listening admin=") {
+                admin = Some(a.trim().to_owned());
+            }
+            if public.is_some() && admin.is_some() {
+                break;
+            }
+        }
+        let mut s = Server {
+            child,
+            public: public.unwrap_or_default(),
+            admin: admin.unwrap_or_default(),
+        };
+        if s.public.is_empty() || s.admin.is_empty() {
+            let _ = s.child.kill();
+            panic!("server printed no listening addresses");
+        }
+        s
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the stress binary with `--json -`; returns (exit code, summary).
+fn stress(args: &[&str]) -> (i32, Value) {
+    let out = Command::new(STRESS)
+        .args(args)
+        .args(["--quiet", "--json", "-", "--max-time", "20s"])
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run holdfast-stress");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let summary =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("summary is not JSON ({e}): {text}"));
+    (out.status.code().unwrap_or(-1), summary)
+}
+
+#[test]
+fn every_subscriber_gets_every_message_in_both_modes() {
+    let Some(bin) = server_binary() else {
+        eprintln!(
+            "SKIPPED: no holdfast binary next to the test binary; run `cargo build -p holdfast` \
+             first or set HOLDFAST_STRESS_SERVER"
+        );
+        return;
+    };
+    let server = Server::start(&bin);
+    for mode in ["longpoll", "sse"] {
+        let (code, s) = stress(&[
+            "--target",
+            &server.public,
+            "--admin",
+            &server.admin,
+            "--connections",
+            "200",
+            "--procs",
+            "2",
+            "--mode",
+            mode,
+            "--publish",
+            "2",
+            "--hold",
+            "300ms",
+            "--publish-interval",
+            "100ms",
+            "--channel",
+            &format!("smoke-{mode}"),
+        ]);
+        assert_eq!(code, 0, "{mode}: {s:#}");
+        assert_eq!(s["mode"], mode);
+        assert_eq!(s["procs"], 2);
+        assert_eq!(s["connected"], 200, "{mode}: {s:#}");
+        assert_eq!(s["held"], 200, "{mode}: {s:#}");
+        assert_eq!(s["published"], 2, "{mode}: {s:#}");
+        assert_eq!(s["expected"], 400, "{mode}: {s:#}");
+        assert_eq!(s["received"], 400, "{mode}: {s:#}");
+        assert_eq!(s["lost"], 0, "{mode}: {s:#}");
+        assert_eq!(s["duplicates"], 0, "{mode}: {s:#}");
+        assert_eq!(s["errors"], serde_json::json!({}), "{mode}: {s:#}");
+        assert_eq!(s["latency_us"]["count"], 400, "{mode}: {s:#}");
+        assert!(s["latency_us"]["max"].as_u64() >= s["latency_us"]["p50"].as_u64());
+    }
+}
+
+#[test]
+fn refused_connections_are_counted_and_fail_the_run() {
+    // Port 1 on loopback: nothing listens there, so every connect is refused.
+    let (code, s) = stress(&[
+        "--target",
+        "127.0.0.1:1",
+        "--connections",
+        "20",
+        "--hold",
+        "100ms",
+    ]);
+    assert_eq!(code, 1, "{s:#}");
+    assert_eq!(s["connected"], 0);
+    assert_eq!(s["errors"]["connect_refused"], 20, "{s:#}");
+    assert_eq!(s["ok"], false);
+}
