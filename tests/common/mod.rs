@@ -1164,3 +1164,854 @@ impl Sse {
         Ok(rest)
     }
 }
+
+// ---------------------------------------------------------------------------------
+// nginx in front of the server under test (tests/nginx.rs, tests/browser.rs)
+// ---------------------------------------------------------------------------------
+
+/// A real nginx running the shipped `tuning/nginx.conf`, with only the literals that
+/// file marks `TEMPLATED` (listen port, upstream address, pid/log/temp/static paths)
+/// rewritten into a scratch directory. Its process group (master and workers) is
+/// killed on drop and the directory removed.
+pub mod nginx {
+    use std::fs;
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Stdio};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::thread;
+    use std::time::{Duration, Instant};
+
+    use super::{Conn, START_TIMEOUT};
+
+    /// The config file the tests run, exactly as shipped.
+    pub fn shipped_conf_path() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tuning/nginx.conf")
+    }
+
+    pub fn shipped_conf() -> String {
+        let path = shipped_conf_path();
+        fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+    }
+
+    /// The nginx binary: `$NGINX` if set, else `nginx` on PATH, else `/usr/sbin/nginx`
+    /// (Debian's, which a non-root PATH may not include). Panics with what to install.
+    pub fn nginx_bin() -> PathBuf {
+        if let Some(p) = std::env::var_os("NGINX") {
+            return PathBuf::from(p);
+        }
+        let on_path = std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+            .unwrap_or_default();
+        on_path
+            .into_iter()
+            .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")])
+            .map(|d| d.join("nginx"))
+            .find(|p| p.is_file())
+            .unwrap_or_else(|| {
+                panic!(
+                    "nginx is not installed (looked on PATH, /usr/sbin, /usr/local/sbin; set \
+                     NGINX=/path/to/nginx to point elsewhere). These tests run the shipped \
+                     tuning/nginx.conf in a real nginx: `apt-get install nginx` (.ci/run does)."
+                )
+            })
+    }
+
+    /// Replaces every occurrence of each pattern in one pass over `text` (so a
+    /// replacement is never rescanned, even when it contains another pattern), and
+    /// returns how often each pattern was found.
+    fn replace_all(text: &str, subs: &[(&str, String)]) -> (String, Vec<usize>) {
+        let mut out = String::with_capacity(text.len() + 256);
+        let mut counts = vec![0; subs.len()];
+        let mut rest = text;
+        loop {
+            let next = subs
+                .iter()
+                .enumerate()
+                .filter_map(|(i, (pat, _))| rest.find(pat).map(|at| (at, i)))
+                .min();
+            match next {
+                Some((at, i)) => {
+                    out.push_str(&rest[..at]);
+                    out.push_str(&subs[i].1);
+                    rest = &rest[at + subs[i].0.len()..];
+                    counts[i] += 1;
+                }
+                None => {
+                    out.push_str(rest);
+                    return (out, counts);
+                }
+            }
+        }
+    }
+
+    /// The shipped config with its comments blanked (line numbers kept, so nginx's
+    /// messages point at the shipped file's lines) and the TEMPLATED literals rewritten:
+    /// nginx listens on `listen`, proxies to `upstream`, and keeps every file in `dir`.
+    /// Err names a literal the file no longer contains.
+    pub fn templated_conf(
+        shipped: &str,
+        listen: SocketAddr,
+        upstream: SocketAddr,
+        dir: &Path,
+    ) -> Result<String, String> {
+        let stripped: String = shipped
+            .lines()
+            .map(|l| l.split('#').next().unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n");
+        let d = dir.display();
+        let subs = [
+            ("listen 80 ", format!("listen {listen} ")),
+            ("server 127.0.0.1:8080;", format!("server {upstream};")),
+            ("/run/", format!("{d}/run/")),
+            ("/var/log/nginx/", format!("{d}/log/")),
+            ("/var/lib/nginx/", format!("{d}/lib/")),
+            ("/var/www/holdfast", format!("{d}/www")),
+        ];
+        let (out, counts) = replace_all(&stripped, &subs);
+        for ((pat, _), n) in subs.iter().zip(counts) {
+            if n == 0 {
+                return Err(format!(
+                    "tuning/nginx.conf no longer contains `{pat}` outside comments; the \
+                     tests rewrite that literal (see the TEMPLATED notes in the file)"
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Process ids whose parent is `pid` (from /proc).
+    pub fn children_of(pid: u32) -> Vec<u32> {
+        let mut kids = Vec::new();
+        let Ok(dir) = fs::read_dir("/proc") else {
+            return kids;
+        };
+        for entry in dir.flatten() {
+            let Some(child) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Ok(stat) = fs::read_to_string(format!("/proc/{child}/stat")) else {
+                continue;
+            };
+            // Fields after the `(comm)`: state, ppid, ...
+            let after = &stat[stat.rfind(')').map_or(0, |i| i + 1)..];
+            let ppid = after.split_whitespace().nth(1).and_then(|p| p.parse().ok());
+            if ppid == Some(pid) {
+                kids.push(child);
+            }
+        }
+        kids
+    }
+
+    /// Resident set size of a process in bytes, from /proc/PID/status (0 if gone).
+    pub fn rss_of(pid: u32) -> u64 {
+        fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            })
+            .map_or(0, |kb| kb * 1024)
+    }
+
+    /// Sends `signal` to every process in process group `pgid`, with the `kill` command
+    /// (procps). Errors are ignored: the group may be gone already.
+    pub fn kill_group(pgid: u32, signal: &str) {
+        let _ = Command::new("kill")
+            .args(["-s", signal, "--", &format!("-{pgid}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+
+    /// A directory under the system temp dir, removed (with everything in it) on drop.
+    /// World-readable, so nginx workers running as another user can serve files from it.
+    pub struct TempDir {
+        pub path: PathBuf,
+    }
+
+    impl TempDir {
+        pub fn new(tag: &str) -> TempDir {
+            static N: AtomicUsize = AtomicUsize::new(0);
+            let path = std::env::temp_dir().join(format!(
+                "holdfast-{tag}-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            let _ = fs::remove_dir_all(&path);
+            fs::create_dir_all(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o755))
+                .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
+            TempDir { path }
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.path);
+        }
+    }
+
+    /// A running nginx (master in its own process group, so one signal reaches the
+    /// workers too). Killed on drop.
+    pub struct Nginx {
+        child: Child,
+        /// Where clients connect.
+        pub addr: SocketAddr,
+        /// The templated config nginx was started with.
+        pub conf: String,
+        // Declared last: removed after the processes are gone.
+        dir: TempDir,
+    }
+
+    impl Nginx {
+        /// nginx with the shipped config in front of `upstream` (the server's public
+        /// listener), serving `files` (name, contents) from its static root.
+        pub fn start(upstream: SocketAddr, files: &[(&str, &[u8])]) -> Nginx {
+            let bin = nginx_bin();
+            let shipped = shipped_conf();
+            let mut last_failure = String::new();
+            // A free port is found by binding port 0 and letting it go; another process
+            // may take it before nginx binds, so a bind failure is retried.
+            for _attempt in 0..5 {
+                let dir = TempDir::new("nginx");
+                for sub in ["run", "log", "lib", "www"] {
+                    fs::create_dir_all(dir.path.join(sub)).expect("create nginx dirs");
+                }
+                for (name, body) in files {
+                    let p = dir.path.join("www").join(name);
+                    fs::write(&p, body).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
+                    fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).expect("chmod page");
+                }
+                let listen = TcpListener::bind("127.0.0.1:0")
+                    .and_then(|l| l.local_addr())
+                    .expect("find a free port");
+                let conf = templated_conf(&shipped, listen, upstream, &dir.path)
+                    .unwrap_or_else(|e| panic!("{e}"));
+                let conf_path = dir.path.join("nginx.conf");
+                fs::write(&conf_path, &conf).expect("write nginx.conf");
+                let out = fs::File::create(dir.path.join("log/stdout.log")).expect("log file");
+                let err = out.try_clone().expect("log file");
+                let mut child = Command::new(&bin)
+                    .arg("-p")
+                    .arg(&dir.path)
+                    .arg("-e")
+                    .arg(dir.path.join("log/startup.log"))
+                    .arg("-c")
+                    .arg(&conf_path)
+                    .args(["-g", "daemon off;"])
+                    .stdin(Stdio::null())
+                    .stdout(out)
+                    .stderr(err)
+                    .process_group(0)
+                    .spawn()
+                    .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
+                let deadline = Instant::now() + START_TIMEOUT;
+                loop {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        last_failure =
+                            format!("nginx exited with {status}:\n{}", logs_in(&dir.path));
+                        break;
+                    }
+                    // Any HTTP answer means a worker is serving (the path is a 404).
+                    if let Ok(s) = TcpStream::connect_timeout(&listen, Duration::from_secs(1)) {
+                        let mut c = Conn::from_stream(s);
+                        c.set_read_timeout(Duration::from_secs(2));
+                        let ok = c
+                            .try_send(b"GET /nginx-started HTTP/1.1\r\nHost: t\r\n\r\n")
+                            .and_then(|_| c.read_response())
+                            .is_ok();
+                        if ok {
+                            return Nginx {
+                                child,
+                                addr: listen,
+                                conf,
+                                dir,
+                            };
+                        }
+                    }
+                    if Instant::now() >= deadline {
+                        kill_group(child.id(), "KILL");
+                        let _ = child.wait();
+                        panic!(
+                            "nginx did not answer on {listen} within {START_TIMEOUT:?}:\n{}",
+                            logs_in(&dir.path)
+                        );
+                    }
+                    thread::sleep(Duration::from_millis(20));
+                }
+                kill_group(child.id(), "KILL");
+                let _ = child.wait();
+                if !last_failure.contains("in use") {
+                    break;
+                }
+            }
+            panic!("{last_failure}\nconfig: tuning/nginx.conf templated by tests/common/mod.rs");
+        }
+
+        /// The master's pid (also its process group id).
+        pub fn pid(&self) -> u32 {
+            self.child.id()
+        }
+
+        /// Worker process ids.
+        pub fn workers(&self) -> Vec<u32> {
+            children_of(self.child.id())
+        }
+
+        /// Total RSS of the workers, in bytes.
+        pub fn workers_rss(&self) -> u64 {
+            self.workers().into_iter().map(rss_of).sum()
+        }
+
+        /// nginx's error and start-up logs, for failure messages.
+        pub fn logs(&self) -> String {
+            logs_in(&self.dir.path)
+        }
+
+        /// The access log (one line per request nginx served).
+        pub fn access_log(&self) -> String {
+            read_logs(&self.dir.path, &["holdfast-access.log"])
+        }
+    }
+
+    impl Drop for Nginx {
+        /// SIGTERM to the master first: it stops its workers and reaps them before it
+        /// exits, which a SIGKILL would leave as zombies for init to collect. Whatever
+        /// is left after 3 s gets SIGKILL, the whole group.
+        fn drop(&mut self) {
+            let _ = Command::new("kill")
+                .args(["-s", "TERM", &self.child.id().to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(3);
+            loop {
+                match self.child.try_wait() {
+                    Ok(None) if Instant::now() < deadline => {
+                        thread::sleep(Duration::from_millis(10))
+                    }
+                    Ok(None) => {
+                        // Not reaped yet, so the group id is still this master's.
+                        kill_group(self.child.id(), "KILL");
+                        let _ = self.child.kill();
+                        let _ = self.child.wait();
+                        return;
+                    }
+                    _ => return,
+                }
+            }
+        }
+    }
+
+    fn read_logs(dir: &Path, names: &[&str]) -> String {
+        let mut out = String::new();
+        for n in names {
+            if let Ok(text) = fs::read_to_string(dir.join("log").join(n)) {
+                if !text.is_empty() {
+                    out.push_str(&format!("--- {n}\n{text}"));
+                }
+            }
+        }
+        out
+    }
+
+    fn logs_in(dir: &Path) -> String {
+        read_logs(dir, &["startup.log", "stdout.log", "holdfast-error.log"])
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Hardening helpers: a server under a wrapper command, source addresses, RSS
+// ---------------------------------------------------------------------------------
+
+impl Server {
+    /// Like [`Server::start`], but runs the binary through `wrapper` (e.g. `["prlimit",
+    /// "--nofile=300:300"]`), which must exec it so that [`Server::pid`] is the server.
+    pub fn start_wrapped(wrapper: &[&str], flags: &[&str]) -> Server {
+        let (program, wrapper_args) = wrapper.split_first().expect("a wrapper command");
+        let bin = server_bin();
+        let mut args: Vec<&str> = wrapper_args.to_vec();
+        args.push(&bin);
+        args.extend(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]);
+        if !flags.contains(&"--threads") {
+            args.extend(["--threads", "2"]);
+        }
+        args.extend_from_slice(flags);
+        let mut child = Command::new(program)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {program} {args:?}: {e}"));
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel();
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        spawn_line_reader(stdout, "[stdout] ", log.clone(), Some(tx));
+        spawn_line_reader(stderr, "[stderr] ", log.clone(), None);
+        let deadline = Instant::now() + START_TIMEOUT;
+        let (mut public, mut admin) = (None, None);
+        while public.is_none() || admin.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.contains("listening") => {
+                    public = public.or_else(|| find_addr(&line, "public="));
+                    admin = admin.or_else(|| find_addr(&line, "admin="));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let _ = child.kill();
+                    let status = child.wait();
+                    thread::sleep(Duration::from_millis(100));
+                    let out = log.lock().map(|l| l.clone()).unwrap_or_default();
+                    panic!(
+                        "{program} {args:?} did not start ({e}); exit {status:?}; output:\n{out}"
+                    );
+                }
+            }
+        }
+        Server {
+            child,
+            public: public.expect("public address"),
+            admin: admin.expect("admin address"),
+            log,
+            exit: None,
+        }
+    }
+
+    /// True while the process has not exited.
+    pub fn is_running(&mut self) -> bool {
+        if self.exit.is_some() {
+            return false;
+        }
+        match self.child.try_wait() {
+            Ok(Some(status)) => {
+                self.exit = Some(status);
+                false
+            }
+            _ => true,
+        }
+    }
+}
+
+/// Resident set size of a process in bytes, from `/proc/PID/statm` (for servers whose
+/// `/stats` cannot be asked, e.g. while they refuse connections).
+pub fn rss_of(pid: u32) -> u64 {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm"))
+        .unwrap_or_else(|e| panic!("read /proc/{pid}/statm: {e}"));
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .expect("statm resident field");
+    pages * holdfast::sys::page_size()
+}
+
+/// A blocking connection from loopback address `source` (127.0.0.2 and up spread many
+/// sockets over more than one address's ephemeral ports).
+pub fn connect_from(source: std::net::Ipv4Addr, to: SocketAddr) -> io::Result<TcpStream> {
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    let sock = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+    sock.bind(&SockAddr::from(SocketAddr::new(
+        std::net::IpAddr::V4(source),
+        0,
+    )))?;
+    sock.connect_timeout(&SockAddr::from(to), IO_TIMEOUT)?;
+    Ok(sock.into())
+}
+
+/// The `i`-th of `n` source addresses 127.0.0.2, 127.0.0.3, …
+pub fn source_addr(i: usize, n: u8) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::new(127, 0, 0, 2 + (i % n as usize) as u8)
+}
+
+/// Closes `stream` with a reset (`SO_LINGER` 0) instead of a FIN.
+pub fn reset(stream: TcpStream) {
+    let sock = socket2::Socket::from(stream);
+    let _ = sock.set_linger(Some(Duration::ZERO));
+    drop(sock);
+}
+
+/// The `q`-quantile (0..=1) of `samples` (sorted in place); zero if empty.
+pub fn quantile(samples: &mut [Duration], q: f64) -> Duration {
+    if samples.is_empty() {
+        return Duration::ZERO;
+    }
+    samples.sort();
+    let i = ((samples.len() - 1) as f64 * q).round() as usize;
+    samples[i.min(samples.len() - 1)]
+}
+
+// ---------------------------------------------------------------------------------
+// Malformed input: valid requests to mutate, mutations, a strict response reader
+// ---------------------------------------------------------------------------------
+
+/// Bytes of valid requests and mutations of them, for property tests against the parser
+/// (`tests/parser_props.rs`) and against a live server (`tests/malformed_input.rs`).
+pub mod fuzzing {
+    use holdfast::http::chunked::ChunkedDecoder;
+    use proptest::prelude::*;
+    use proptest::sample::Index;
+
+    /// A request a server must answer normally; `expect[i]` lists the statuses allowed
+    /// for the i-th final response. `admin` says which listener it is for.
+    #[derive(Debug)]
+    pub struct ValidRequest {
+        pub admin: bool,
+        pub bytes: &'static [u8],
+        pub expect: &'static [&'static [u16]],
+    }
+
+    /// Polls never park here for long: every one carries `timeout=0`, or the server runs
+    /// with a short `--max-poll-timeout`.
+    pub const VALID_REQUESTS: &[ValidRequest] = &[
+        ValidRequest {
+            admin: false,
+            bytes: b"GET /sub/fz?timeout=0 HTTP/1.1\r\nHost: x\r\n\r\n",
+            expect: &[&[204]],
+        },
+        ValidRequest {
+            admin: false,
+            bytes: b"GET /sub/fz,fy?since=0&timeout=0 HTTP/1.1\r\nHost: x\r\nUser-Agent: t\r\n\r\n",
+            expect: &[&[200, 204]],
+        },
+        ValidRequest {
+            admin: false,
+            bytes: b"GET /sub/fz?timeout=0 HTTP/1.1\r\nhost: x\r\nLast-Event-ID: 0\r\n\r\n",
+            expect: &[&[200, 204]],
+        },
+        ValidRequest {
+            admin: false,
+            bytes: b"GET /sub/fz?timeout=0 HTTP/1.1\nHost: x\nConnection: close\n\n",
+            expect: &[&[200, 204]],
+        },
+        ValidRequest {
+            admin: false,
+            bytes: b"GET /health HTTP/1.0\r\n\r\n",
+            expect: &[&[200]],
+        },
+        ValidRequest {
+            admin: false,
+            bytes: b"GET /health HTTP/1.1\r\nHost: x\r\n\r\nGET /sub/fy?timeout=0 HTTP/1.1\r\nHost: x\r\n\r\n",
+            expect: &[&[200], &[204]],
+        },
+        ValidRequest {
+            admin: true,
+            bytes: b"POST /pub/fz HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello",
+            expect: &[&[201]],
+        },
+        ValidRequest {
+            admin: true,
+            bytes: b"PUT /pub/fy HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            expect: &[&[201]],
+        },
+        ValidRequest {
+            admin: true,
+            bytes: b"POST /pub/fz HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\nabc",
+            expect: &[&[201]],
+        },
+        ValidRequest {
+            admin: true,
+            bytes: b"POST /pub/fz HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nTransfer-Encoding: chunked\r\n\r\n3;x=y\r\nabc\r\n2\r\nde\r\n0\r\nTrailer: t\r\n\r\n",
+            expect: &[&[201]],
+        },
+        ValidRequest {
+            admin: true,
+            bytes: b"GET /pub/fz HTTP/1.1\r\nHost: x\r\n\r\nGET /stats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            expect: &[&[200, 404], &[200]],
+        },
+        ValidRequest {
+            admin: true,
+            bytes: b"DELETE /pub/fq HTTP/1.1\r\nHost: x\r\n\r\n",
+            expect: &[&[204, 404]],
+        },
+    ];
+
+    /// Byte strings that parsers trip on, spliced in by [`Mutation::Token`].
+    pub const TOKENS: &[&[u8]] = &[
+        b"\r\n",
+        b"\n",
+        b"\r",
+        b"\r\n\r\n",
+        b"\n\n",
+        b"\n\r\n",
+        b":",
+        b" ",
+        b"\t",
+        b"\0",
+        b"\xff\xfe",
+        b"%00",
+        b",",
+        b"?",
+        b"/",
+        b"0",
+        b"HTTP/1.0",
+        b"HTTP/2.0",
+        b"Content-Length: 99999999999999999999999\r\n",
+        b"Content-Length: 3\r\n",
+        b"Content-Length: -1\r\n",
+        b"Content-Length: 1, 2\r\n",
+        b"Transfer-Encoding: chunked\r\n",
+        b"Transfer-Encoding: gzip, chunked\r\n",
+        b"Expect: 100-continue\r\n",
+        b"Connection: close\r\n",
+        b"Last-Event-ID: 18446744073709551616\r\n",
+        b"ffffffffffffffffff\r\n",
+        b"0\r\n\r\n",
+        b"GET /health HTTP/1.1\r\n\r\n",
+        b"X: y\r\n",
+    ];
+
+    /// One edit of a request's bytes; positions are fractions of the current length.
+    #[derive(Debug, Clone)]
+    pub enum Mutation {
+        Truncate(Index),
+        Flip(Index, u8),
+        Delete(Index, u8),
+        Insert(Index, Vec<u8>),
+        Token(Index, Index),
+        /// Repeat the `len` bytes at `at` `times` times (oversized lines and headers).
+        Repeat {
+            at: Index,
+            len: u8,
+            times: u16,
+        },
+    }
+
+    pub fn mutation() -> impl Strategy<Value = Mutation> {
+        prop_oneof![
+            2 => any::<Index>().prop_map(Mutation::Truncate),
+            3 => (any::<Index>(), any::<u8>()).prop_map(|(i, b)| Mutation::Flip(i, b)),
+            1 => (any::<Index>(), 1u8..32).prop_map(|(i, n)| Mutation::Delete(i, n)),
+            1 => (any::<Index>(), prop::collection::vec(any::<u8>(), 1..8))
+                .prop_map(|(i, v)| Mutation::Insert(i, v)),
+            3 => (any::<Index>(), any::<Index>()).prop_map(|(i, t)| Mutation::Token(i, t)),
+            1 => (any::<Index>(), 1u8..40, 1u16..1200)
+                .prop_map(|(at, len, times)| Mutation::Repeat { at, len, times }),
+        ]
+    }
+
+    /// Applies `m` to `bytes`.
+    pub fn apply(bytes: &mut Vec<u8>, m: &Mutation) {
+        let at = |i: &Index, len: usize| i.index(len + 1);
+        match m {
+            Mutation::Truncate(i) => {
+                let n = at(i, bytes.len());
+                bytes.truncate(n);
+            }
+            Mutation::Flip(i, b) => {
+                if !bytes.is_empty() {
+                    let n = i.index(bytes.len());
+                    bytes[n] = *b;
+                }
+            }
+            Mutation::Delete(i, n) => {
+                let start = at(i, bytes.len());
+                let end = (start + usize::from(*n)).min(bytes.len());
+                bytes.drain(start..end);
+            }
+            Mutation::Insert(i, v) => {
+                let n = at(i, bytes.len());
+                bytes.splice(n..n, v.iter().copied());
+            }
+            Mutation::Token(i, t) => {
+                let n = at(i, bytes.len());
+                let tok = TOKENS[t.index(TOKENS.len())];
+                bytes.splice(n..n, tok.iter().copied());
+            }
+            Mutation::Repeat { at: i, len, times } => {
+                let start = at(i, bytes.len());
+                let end = (start + usize::from(*len)).min(bytes.len());
+                let piece = bytes[start..end].to_vec();
+                let extra: Vec<u8> = piece
+                    .iter()
+                    .copied()
+                    .cycle()
+                    .take(piece.len() * usize::from(*times))
+                    .collect();
+                bytes.splice(end..end, extra);
+            }
+        }
+    }
+
+    /// A valid request (its index in [`VALID_REQUESTS`]) with 0–3 mutations applied.
+    pub fn mutated_request() -> impl Strategy<Value = (usize, Vec<Mutation>)> {
+        (
+            0..VALID_REQUESTS.len(),
+            prop::collection::vec(mutation(), 0..4),
+        )
+    }
+
+    pub fn mutated_bytes(index: usize, mutations: &[Mutation]) -> Vec<u8> {
+        let mut bytes = VALID_REQUESTS[index].bytes.to_vec();
+        for m in mutations {
+            apply(&mut bytes, m);
+        }
+        bytes
+    }
+
+    /// One response as read off the wire.
+    #[derive(Debug, Clone)]
+    pub struct WireResponse {
+        pub version: String,
+        pub status: u16,
+        pub headers: Vec<(String, String)>,
+        pub body_len: usize,
+    }
+
+    impl WireResponse {
+        pub fn header(&self, name: &str) -> Option<&str> {
+            self.headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.as_str())
+        }
+
+        pub fn closes(&self) -> bool {
+            self.header("connection")
+                .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")))
+        }
+
+        pub fn is_event_stream(&self) -> bool {
+            self.status == 200
+                && self
+                    .header("content-type")
+                    .is_some_and(|v| v.starts_with("text/event-stream"))
+        }
+    }
+
+    /// What [`parse_responses`] found in the bytes a server sent.
+    #[derive(Debug)]
+    pub struct WireParse {
+        pub responses: Vec<WireResponse>,
+        /// Bytes after the last complete response (empty when the stream ended cleanly;
+        /// the open body of an event stream or of a close-delimited response otherwise).
+        pub rest: usize,
+        /// The last response's body runs to the end of the connection (event stream or
+        /// close-delimited): nothing after it can be parsed as a response.
+        pub open_body: bool,
+    }
+
+    /// Splits `bytes` into HTTP/1.x responses, checking each status line, header line
+    /// and body framing. Err names the first thing that is not HTTP.
+    pub fn parse_responses(bytes: &[u8]) -> Result<WireParse, String> {
+        let mut responses = Vec::new();
+        let mut pos = 0;
+        while pos < bytes.len() {
+            let rest = &bytes[pos..];
+            let Some(end) = rest.windows(4).position(|w| w == b"\r\n\r\n") else {
+                return Err(format!(
+                    "incomplete response head: {:?}",
+                    String::from_utf8_lossy(&rest[..rest.len().min(300)])
+                ));
+            };
+            // RFC 9110 §5.5: a field value is visible ASCII, spaces, tabs and obs-text
+            // (bytes 0x80 and up, e.g. a publisher's Content-Type passed through); no
+            // other control byte. Names are tokens.
+            let head_bytes = &rest[..end];
+            if let Some(b) = head_bytes
+                .iter()
+                .find(|&&b| (b < 0x20 && b != b'\t' && b != b'\r' && b != b'\n') || b == 0x7f)
+            {
+                return Err(format!(
+                    "control byte {b:#04x} in response head {:?}",
+                    String::from_utf8_lossy(head_bytes)
+                ));
+            }
+            let head = String::from_utf8_lossy(head_bytes);
+            let mut lines = head.split("\r\n");
+            let status_line = lines.next().unwrap_or_default();
+            if !status_line.is_ascii() {
+                return Err(format!("status line is not ASCII: {status_line:?}"));
+            }
+            let mut parts = status_line.splitn(3, ' ');
+            let version = parts.next().unwrap_or_default().to_string();
+            let status: u16 = parts
+                .next()
+                .filter(|s| s.len() == 3)
+                .and_then(|s| s.parse().ok())
+                .filter(|_| version == "HTTP/1.1" || version == "HTTP/1.0")
+                .ok_or_else(|| format!("bad status line {status_line:?}"))?;
+            let tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+            let mut headers = Vec::new();
+            for line in lines {
+                let (n, v) = line
+                    .split_once(':')
+                    .filter(|(n, _)| !n.is_empty() && n.chars().all(tchar))
+                    .ok_or_else(|| format!("bad header line {line:?} in {head:?}"))?;
+                headers.push((n.to_string(), v.trim().to_string()));
+            }
+            let mut resp = WireResponse {
+                version,
+                status,
+                headers,
+                body_len: 0,
+            };
+            pos += end + 4;
+            let body = &bytes[pos..];
+            if (100..200).contains(&status) || status == 204 || status == 304 {
+                responses.push(resp);
+                continue;
+            }
+            if resp.is_event_stream() {
+                responses.push(resp);
+                return Ok(WireParse {
+                    responses,
+                    rest: body.len(),
+                    open_body: true,
+                });
+            }
+            let chunked = resp
+                .header("transfer-encoding")
+                .is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+            if chunked {
+                let mut d = ChunkedDecoder::new();
+                let mut out = Vec::new();
+                let n = d
+                    .decode(body, &mut out, u64::MAX)
+                    .map_err(|e| format!("bad chunked response body: {e:?}"))?;
+                if !d.is_done() {
+                    return Err("chunked response body ends early".to_string());
+                }
+                resp.body_len = out.len();
+                pos += n;
+            } else if let Some(cl) = resp.header("content-length") {
+                let n: usize = cl
+                    .parse()
+                    .map_err(|_| format!("bad Content-Length {cl:?}"))?;
+                if body.len() < n {
+                    return Err(format!(
+                        "response {status} body ends after {} of {n} bytes",
+                        body.len()
+                    ));
+                }
+                resp.body_len = n;
+                pos += n;
+            } else {
+                resp.body_len = body.len();
+                responses.push(resp);
+                return Ok(WireParse {
+                    responses,
+                    rest: 0,
+                    open_body: true,
+                });
+            }
+            responses.push(resp);
+        }
+        Ok(WireParse {
+            responses,
+            rest: 0,
+            open_body: false,
+        })
+    }
+}
