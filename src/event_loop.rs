@@ -1323,12 +1323,13 @@ impl Worker {
                 _ => {}
             }
         }
-        if since.is_none() {
-            if let Some(v) = req.last_event_id {
-                match parse_u64(v) {
-                    Some(c) => since = Some(c),
-                    None => return self.text(req, 400, "Last-Event-ID must be a message id\n"),
-                }
+        // Both given: the newer wins. An EventSource opened with `?since=X` keeps that URL
+        // and adds `Last-Event-ID` on reconnect; taking the query alone would replay from X
+        // every time.
+        if let Some(v) = req.last_event_id {
+            match parse_u64(v) {
+                Some(c) => since = Some(since.map_or(c, |s| s.max(c))),
+                None => return self.text(req, 400, "Last-Event-ID must be a message id\n"),
             }
         }
         let cursor = since.map_or(Cursor::Latest, Cursor::Since);

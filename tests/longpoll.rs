@@ -282,23 +282,24 @@ fn last_event_id_header_is_the_cursor_without_since() {
 }
 
 #[test]
-fn since_wins_over_last_event_id() {
+fn the_newer_of_since_and_last_event_id_is_the_cursor() {
     let s = Server::start(&[]);
     let id1 = publish(s.admin, "both", "one");
     let id2 = publish(s.admin, "both", "two");
-    // The query names the newer cursor, the header the older one: the query rules.
+    // Query newer than header: the query's cursor.
     let r = poll_with(
         s.public,
         &format!("/sub/both?since={id1}&timeout=0"),
         &[("Last-Event-ID", "0")],
     );
     assert_eq!(assert_delivery(&r, "both", b"two"), id2);
+    // Header newer than query (an EventSource reconnecting to a `?since=` URL): the header's.
     let r = poll_with(
         s.public,
         "/sub/both?since=0&timeout=0",
         &[("Last-Event-ID", &id1)],
     );
-    assert_eq!(assert_delivery(&r, "both", b"one"), id1);
+    assert_eq!(assert_delivery(&r, "both", b"two"), id2);
 }
 
 #[test]

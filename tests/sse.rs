@@ -318,7 +318,7 @@ fn since_replays_newer_buffered_messages_in_order_then_live_ones() {
 }
 
 #[test]
-fn last_event_id_header_is_the_cursor_and_since_wins_over_it() {
+fn last_event_id_header_is_the_cursor_and_the_newer_of_it_and_since_wins() {
     let s = Server::start(&[]);
     let ids: Vec<String> = (1..=3)
         .map(|i| pub_id(&s, "le", format!("m{i}").as_bytes()))
@@ -335,6 +335,15 @@ fn last_event_id_header_is_the_cursor_and_since_wins_over_it() {
     );
     assert_eq!(both.block(), text_event(&ids[2], None, &["m3"]));
     both.quiet_for(300 * MS).unwrap();
+
+    // A reconnect to a `?since=` URL carries a newer Last-Event-ID: no replay from `since`.
+    let mut again = Sse::open(
+        s.public,
+        &format!("/sub/le?since={}", ids[0]),
+        &[("Last-Event-ID", &ids[1])],
+    );
+    assert_eq!(again.block(), text_event(&ids[2], None, &["m3"]));
+    again.quiet_for(300 * MS).unwrap();
 }
 
 #[test]

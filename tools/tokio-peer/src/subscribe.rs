@@ -103,13 +103,11 @@ fn params(app: &App, parts: &Parts) -> Result<(Cursor, Duration), &'static str> 
             _ => {}
         }
     }
-    if since.is_none() {
-        if let Some(v) = parts.headers.get_all(LAST_EVENT_ID).iter().next_back() {
-            since = Some(
-                parse_id(v.as_bytes().trim_ascii())
-                    .ok_or("Last-Event-ID must be a message id\n")?,
-            );
-        }
+    // Both given: the newer wins (an EventSource reconnecting to a `?since=` URL).
+    if let Some(v) = parts.headers.get_all(LAST_EVENT_ID).iter().next_back() {
+        let c =
+            parse_id(v.as_bytes().trim_ascii()).ok_or("Last-Event-ID must be a message id\n")?;
+        since = Some(since.map_or(c, |s| s.max(c)));
     }
     Ok((since.map_or(Cursor::Latest, Cursor::Since), timeout))
 }
