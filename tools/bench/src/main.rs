@@ -1,0 +1,477 @@
+//! `holdfast-bench`: runs the same scenarios against holdfast, holdfast-tokio and nchan,
+//! one server at a time with the same thread count, and writes
+//! `bench-results/<date>/{results.json,results.csv,report.md,*.svg}`.
+//!
+//! The load comes from `holdfast-stress` (tools/stress); the harness starts and stops
+//! servers, waits on their counters, reads `/proc`, and writes the report. See
+//! `tools/bench/README.md` for what each scenario measures and the caveats.
+#![deny(unsafe_code)]
+
+mod measure;
+mod procs;
+mod report;
+mod scenarios;
+mod server;
+mod stress;
+
+use clap::Parser;
+use scenarios::{Env, Params, Row, Scenario};
+use server::Kind;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "holdfast-bench",
+    version,
+    about = "Side-by-side benchmark of holdfast, holdfast-tokio and nchan: memory per parked \
+             long-poll, fan-out, poll cycle, idle CPU, and 200k-connection scale."
+)]
+struct Args {
+    /// Tiny sizes and short windows (CI): well under a minute.
+    #[arg(long)]
+    smoke: bool,
+
+    /// Scenarios to run [default: all].
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<Scenario>,
+
+    /// Servers to compare.
+    #[arg(long, value_enum, value_delimiter = ',', default_values = ["holdfast", "tokio", "nchan"])]
+    servers: Vec<Kind>,
+
+    /// Event-loop threads of each server (nchan: worker_processes). Default 1: nchan is
+    /// compared with one worker, so the others get one thread too.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    threads: u32,
+
+    /// Output directory [default: bench-results/<YYYY-MM-DD> (UTC)].
+    #[arg(long)]
+    out: Option<PathBuf>,
+
+    /// holdfast-stress binary [default: beside this executable].
+    #[arg(long)]
+    stress: Option<PathBuf>,
+
+    /// holdfast binary [default: beside this executable].
+    #[arg(long)]
+    holdfast_bin: Option<PathBuf>,
+
+    /// holdfast-tokio binary [default: beside this executable].
+    #[arg(long)]
+    tokio_bin: Option<PathBuf>,
+
+    /// Do not try to install nginx + libnginx-mod-nchan when they are missing.
+    #[arg(long)]
+    no_install: bool,
+
+    /// Idle-hold sizes N [default: 1000,5000,10000,19000; smoke: 200].
+    #[arg(long, value_delimiter = ',')]
+    idle_n: Vec<u64>,
+
+    /// Fan-out subscribers [default: 15000; smoke: 200].
+    #[arg(long)]
+    fanout_n: Option<u64>,
+
+    /// Poll-cycle subscribers M [default: 5000; smoke: 100].
+    #[arg(long)]
+    cycle_m: Option<u64>,
+
+    /// Poll-cycle messages K [default: 16, the per-channel buffer; smoke: 5].
+    #[arg(long)]
+    cycle_k: Option<u64>,
+
+    /// Gap between poll-cycle publishes, milliseconds.
+    #[arg(long, default_value_t = 2)]
+    cycle_interval_ms: u64,
+
+    /// Idle-CPU parked connections [default: 10000; smoke: 200].
+    #[arg(long)]
+    idle_cpu_n: Option<u64>,
+
+    /// Idle-CPU window, seconds [default: 30; smoke: 2].
+    #[arg(long)]
+    idle_cpu_secs: Option<u64>,
+
+    /// Scale-scenario connections [default: 200000; smoke: 2000].
+    #[arg(long)]
+    scale_n: Option<u64>,
+
+    /// Scale-scenario holdfast processes [default: 12; smoke: 2].
+    #[arg(long)]
+    scale_procs: Option<u32>,
+
+    /// Connections opened per second by the stress tool.
+    #[arg(long, default_value_t = 20_000)]
+    rate: u64,
+}
+
+impl Args {
+    fn params(&self) -> Params {
+        let s = self.smoke;
+        let pick =
+            |v: Option<u64>, full: u64, smoke: u64| v.unwrap_or(if s { smoke } else { full });
+        Params {
+            threads: self.threads,
+            rate: self.rate,
+            idle_n: if !self.idle_n.is_empty() {
+                self.idle_n.clone()
+            } else if s {
+                vec![200]
+            } else {
+                vec![1000, 5000, 10000, 19000]
+            },
+            fanout_n: pick(self.fanout_n, 15000, 200),
+            cycle_m: pick(self.cycle_m, 5000, 100),
+            cycle_k: pick(self.cycle_k, 16, 5),
+            cycle_interval_ms: self.cycle_interval_ms,
+            idle_cpu_n: pick(self.idle_cpu_n, 10000, 200),
+            idle_cpu_secs: pick(self.idle_cpu_secs, 30, 2),
+            scale_n: pick(self.scale_n, 200_000, 2000),
+            scale_procs: self.scale_procs.unwrap_or(if s { 2 } else { 12 }),
+            settle_ms: if s { 300 } else { 1000 },
+        }
+    }
+}
+
+/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (H. Hinnant's
+/// `civil_from_days`).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+fn today_utc() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// The command line as a shell would take it back.
+fn command_line() -> String {
+    std::env::args()
+        .map(|a| {
+            if !a.is_empty()
+                && a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=,:@%+".contains(c))
+            {
+                a
+            } else {
+                format!("'{}'", a.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `--X-bin PATH`, else `name` beside this executable.
+fn beside_exe(explicit: &Option<PathBuf>, name: &str) -> Result<PathBuf, String> {
+    let p = match explicit {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()
+            .map_err(|e| e.to_string())?
+            .parent()
+            .map(|d| d.join(name))
+            .ok_or("no directory for the current executable")?,
+    };
+    if p.exists() {
+        Ok(p)
+    } else {
+        Err(format!(
+            "{} not found (build the workspace in release mode: cargo build --release --workspace)",
+            p.display()
+        ))
+    }
+}
+
+fn git_describe() -> String {
+    measure::command_output("git", &["describe", "--always", "--dirty"])
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn failed(s: Scenario, kind: Kind, n: u64, e: &std::io::Error) -> Row {
+    let mut r = scenario_row(s, kind, n);
+    r.notes.push(format!("failed: {e}"));
+    r
+}
+
+fn scenario_row(s: Scenario, kind: Kind, n: u64) -> Row {
+    Row {
+        scenario: s.key(),
+        server: kind.name().to_string(),
+        connections: n,
+        metrics: BTreeMap::new(),
+        notes: Vec::new(),
+        stress: None,
+    }
+}
+
+fn main() -> ExitCode {
+    procs::install_cleanup();
+    let args = Args::parse();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("holdfast-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<(), String> {
+    let started = Instant::now();
+    let loadavg = || {
+        std::fs::read_to_string("/proc/loadavg")
+            .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+            .unwrap_or_else(|_| "unknown".into())
+    };
+    let loadavg_start = loadavg();
+    let date = today_utc();
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| Path::new("bench-results").join(&date));
+    // Absolute: nginx resolves relative paths in its configuration against its prefix.
+    let out = if out.is_absolute() {
+        out
+    } else {
+        std::env::current_dir()
+            .map_err(|e| format!("current directory: {e}"))?
+            .join(out)
+    };
+    let logs = out.join("logs");
+    std::fs::create_dir_all(&logs).map_err(|e| format!("{}: {e}", logs.display()))?;
+    if let Err(e) = holdfast::sys::raise_fd_limit() {
+        eprintln!("holdfast-bench: cannot raise the open-file limit: {e}");
+    }
+    let params = args.params();
+    let scenarios: Vec<Scenario> = if args.only.is_empty() {
+        vec![
+            Scenario::Idle,
+            Scenario::Fanout,
+            Scenario::Cycle,
+            Scenario::IdleCpu,
+            Scenario::Scale,
+        ]
+    } else {
+        let mut v = args.only.clone();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let mut kinds = args.servers.clone();
+    kinds.sort();
+    kinds.dedup();
+    let mut notes = vec![
+        format!(
+            "Each server gets {} thread(s){}: nchan runs `worker_processes {}`, so holdfast and \
+             holdfast-tokio get `--threads {}` too.",
+            params.threads,
+            if params.threads == 1 {
+                " (the default, for fairness with nchan's single worker)"
+            } else {
+                ""
+            },
+            params.threads,
+            params.threads
+        ),
+        format!(
+            "Every server holds a long-poll for {} s when the client names no timeout \
+             (holdfast/holdfast-tokio `--poll-timeout`, nchan `nchan_subscriber_timeout`); buffers \
+             {} messages per channel for {} s (`--buffer-messages`/`nchan_message_buffer_length`, \
+             `--message-ttl`/`nchan_message_timeout`).",
+            server::POLL_TIMEOUT_SECS,
+            server::BUFFER_MESSAGES,
+            server::MESSAGE_TTL_SECS
+        ),
+        "The stress tool runs on the same 2-core machine as the server: with one server thread it \
+         has the other core, but it competes with the server for CPU and memory bandwidth."
+            .into(),
+        "Memory of nchan = its nginx worker process(es); the master is reported separately. \
+         nchan also keeps messages and channel state in a shared-memory zone, which counts in \
+         the worker's RSS only for the pages it touched and never in Private."
+            .into(),
+    ];
+
+    let holdfast = beside_exe(&args.holdfast_bin, "holdfast");
+    let tokio = beside_exe(&args.tokio_bin, "holdfast-tokio");
+    let stress_bin = stress::locate(args.stress.as_deref())?;
+    let mut versions = BTreeMap::new();
+    versions.insert("repository (git describe)".to_string(), git_describe());
+    versions.insert(
+        "holdfast-stress".to_string(),
+        measure::command_output(&stress_bin.display().to_string(), &["--version"])
+            .unwrap_or_else(|| "unknown".into()),
+    );
+    let mut nchan = None;
+    kinds.retain(|&k| {
+        let found = match k {
+            Kind::Holdfast => holdfast.as_ref().map(|_| ()).map_err(Clone::clone),
+            Kind::Tokio => tokio.as_ref().map(|_| ()).map_err(Clone::clone),
+            Kind::Nchan => {
+                server::find_or_install_nchan(!args.no_install, &logs.join("apt-get.log")).and_then(
+                    |n| {
+                        // Start it once, so that a module that does not load is one clear
+                        // message here rather than a failure in every scenario.
+                        let probe = logs.join("nchan-probe.log");
+                        server::Server::start_nchan(&n, args.threads, &logs, &probe)
+                            .map_err(|e| format!("nginx with nchan does not start: {e}"))?;
+                        nchan = Some(n);
+                        Ok(())
+                    },
+                )
+            }
+        };
+        match found {
+            Ok(()) => true,
+            Err(why) => {
+                let msg = format!("{} skipped: {why}", k.name());
+                eprintln!("holdfast-bench: {msg}");
+                notes.push(msg);
+                false
+            }
+        }
+    });
+    if kinds.is_empty() {
+        return Err("no server to run".into());
+    }
+    let env = Env {
+        holdfast: holdfast.clone().unwrap_or_default(),
+        tokio: tokio.clone().unwrap_or_default(),
+        stress: stress_bin,
+        nchan,
+        logs,
+        clk_tck: measure::clk_tck().0,
+    };
+    for &k in &kinds {
+        let bin = match k {
+            Kind::Tokio => &env.tokio,
+            _ => &env.holdfast,
+        };
+        versions.insert(
+            k.name().to_string(),
+            server::version_of(k, bin, env.nchan.as_ref()),
+        );
+    }
+    let (_, clk_src) = measure::clk_tck();
+    if clk_src.starts_with("assumed") {
+        notes.push("CLK_TCK assumed to be 100 (getconf unavailable).".into());
+    }
+    if scenarios.contains(&Scenario::Scale) {
+        notes.push(format!(
+            "Scale scenario: holdfast only ({} processes × {} thread(s)); the other servers are \
+             not run at that scale.",
+            params.scale_procs, params.threads
+        ));
+    }
+
+    let mut rows: Vec<Row> = Vec::new();
+    let mut push = |r: Row| {
+        for n in &r.notes {
+            eprintln!("holdfast-bench:   {} N={}: {n}", r.server, r.connections);
+        }
+        rows.push(r);
+    };
+    for &s in &scenarios {
+        if s == Scenario::Scale {
+            if !kinds.contains(&Kind::Holdfast) {
+                continue;
+            }
+            eprintln!(
+                "holdfast-bench: {} holdfast ({} connections)",
+                s.key(),
+                params.scale_n
+            );
+            push(
+                scenarios::scale(&env, &params)
+                    .unwrap_or_else(|e| failed(s, Kind::Holdfast, params.scale_n, &e)),
+            );
+            continue;
+        }
+        for &k in &kinds {
+            eprintln!("holdfast-bench: {} {}", s.key(), k.name());
+            match s {
+                Scenario::Idle => {
+                    for (r, &n) in scenarios::idle_hold(&env, k, &params)
+                        .into_iter()
+                        .zip(&params.idle_n)
+                    {
+                        push(r.unwrap_or_else(|e| failed(s, k, n, &e)));
+                    }
+                }
+                Scenario::Fanout => push(
+                    scenarios::fanout(&env, k, &params)
+                        .unwrap_or_else(|e| failed(s, k, params.fanout_n, &e)),
+                ),
+                Scenario::Cycle => push(
+                    scenarios::poll_cycle(&env, k, &params)
+                        .unwrap_or_else(|e| failed(s, k, params.cycle_m, &e)),
+                ),
+                Scenario::IdleCpu => push(
+                    scenarios::idle_cpu(&env, k, &params)
+                        .unwrap_or_else(|e| failed(s, k, params.idle_cpu_n, &e)),
+                ),
+                Scenario::Scale => {}
+            }
+        }
+    }
+
+    notes.push(format!(
+        "The whole run took {:.0} s.",
+        started.elapsed().as_secs_f64()
+    ));
+    let meta = report::Meta {
+        date_utc: date,
+        command: command_line(),
+        smoke: args.smoke,
+        machine: measure::machine(),
+        versions,
+        params,
+        loadavg_start,
+        loadavg_end: loadavg(),
+        notes,
+    };
+    let written =
+        report::write_all(&out, &meta, &rows).map_err(|e| format!("writing the report: {e}"))?;
+    eprintln!(
+        "holdfast-bench: wrote {} in {}",
+        written.join(", "),
+        out.display()
+    );
+    let failures = rows
+        .iter()
+        .filter(|r| r.notes.iter().any(|n| n.starts_with("failed:")))
+        .count();
+    if failures > 0 {
+        return Err(format!("{failures} measurement(s) failed; see report.md"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_from_days() {
+        for (days, want) in [
+            (0, (1970, 1, 1)),
+            (19_723, (2024, 1, 1)),
+            (19_782, (2024, 2, 29)),
+            (11_016, (2000, 2, 29)),
+        ] {
+            assert_eq!(civil_from_days(days), want, "day {days}");
+        }
+    }
+}

@@ -1,0 +1,697 @@
+//! Writing a run's results: `results.json` (everything), `results.csv` (one line per
+//! metric), `report.md` (the machine, versions, command, and one table per scenario)
+//! and SVG plots.
+
+use crate::measure::Machine;
+use crate::scenarios::{Params, Row};
+use plotters::prelude::*;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs;
+use std::io;
+use std::path::Path;
+
+/// Everything about a run that is not a measurement.
+#[derive(Clone, Debug, Serialize)]
+pub struct Meta {
+    pub date_utc: String,
+    pub command: String,
+    pub smoke: bool,
+    pub machine: Machine,
+    pub versions: BTreeMap<String, String>,
+    pub params: Params,
+    /// `/proc/loadavg` when the run started and when it ended: other work on the
+    /// machine shows up in CPU and latency figures (memory figures are per process).
+    pub loadavg_start: String,
+    pub loadavg_end: String,
+    /// Statements the reader needs (choices made, servers skipped).
+    pub notes: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct Results<'a> {
+    meta: &'a Meta,
+    results: &'a [Row],
+}
+
+pub fn write_all(dir: &Path, meta: &Meta, rows: &[Row]) -> io::Result<Vec<String>> {
+    let mut written = Vec::new();
+    let json = serde_json::to_string_pretty(&Results {
+        meta,
+        results: rows,
+    })
+    .map_err(io::Error::other)?;
+    fs::write(dir.join("results.json"), json + "\n")?;
+    written.push("results.json".to_string());
+    fs::write(dir.join("results.csv"), csv(rows))?;
+    written.push("results.csv".to_string());
+    let mut plots = Vec::new();
+    if rows.iter().any(|r| r.scenario == "idle_hold") {
+        idle_plot(&dir.join("idle_memory.svg"), rows)
+            .map_err(|e| io::Error::other(format!("idle_memory.svg: {e}")))?;
+        plots.push("idle_memory.svg");
+    }
+    if rows
+        .iter()
+        .any(|r| r.scenario == "fanout" && r.get("latency_p50_us").is_some())
+    {
+        fanout_plot(&dir.join("fanout_latency.svg"), rows)
+            .map_err(|e| io::Error::other(format!("fanout_latency.svg: {e}")))?;
+        plots.push("fanout_latency.svg");
+    }
+    fs::write(dir.join("report.md"), markdown(meta, rows, &plots))?;
+    written.push("report.md".to_string());
+    written.extend(plots.iter().map(|p| p.to_string()));
+    Ok(written)
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// Long format: scenario,server,connections,metric,value. Notes are a metric-less line.
+fn csv(rows: &[Row]) -> String {
+    let mut out = String::from("scenario,server,connections,metric,value\n");
+    for r in rows {
+        for (k, v) in &r.metrics {
+            let _ = writeln!(
+                out,
+                "{},{},{},{k},{v}",
+                r.scenario,
+                csv_field(&r.server),
+                r.connections
+            );
+        }
+        for n in &r.notes {
+            let _ = writeln!(
+                out,
+                "{},{},{},note,{}",
+                r.scenario,
+                csv_field(&r.server),
+                r.connections,
+                csv_field(n)
+            );
+        }
+    }
+    out
+}
+
+/// A number for a table: integers plainly, others to a sensible precision, `–` if absent.
+fn num(v: Option<f64>, decimals: usize) -> String {
+    match v {
+        None => "–".into(),
+        Some(x) if x.abs() >= 1e5 || decimals == 0 => group(x.round() as i64),
+        Some(x) => format!("{x:.decimals$}"),
+    }
+}
+
+/// 1234567 → "1,234,567".
+fn group(v: i64) -> String {
+    let s = v.unsigned_abs().to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if v < 0 {
+        format!("-{out}")
+    } else {
+        out
+    }
+}
+
+fn mib(v: Option<f64>) -> String {
+    v.map_or("–".into(), |b| format!("{:.1}", b / (1024.0 * 1024.0)))
+}
+
+fn ms(v: Option<f64>) -> String {
+    v.map_or("–".into(), |us| format!("{:.2}", us / 1e3))
+}
+
+fn notes_of(r: &Row) -> String {
+    if r.notes.is_empty() {
+        String::new()
+    } else {
+        r.notes.join("; ").replace('|', "/")
+    }
+}
+
+fn table(out: &mut String, head: &[&str], lines: Vec<Vec<String>>) {
+    let _ = writeln!(out, "| {} |", head.join(" | "));
+    let _ = writeln!(
+        out,
+        "|{}|",
+        head.iter().map(|_| "---").collect::<Vec<_>>().join("|")
+    );
+    for l in lines {
+        let _ = writeln!(out, "| {} |", l.join(" | "));
+    }
+    out.push('\n');
+}
+
+fn of<'a>(rows: &'a [Row], scenario: &str) -> Vec<&'a Row> {
+    rows.iter().filter(|r| r.scenario == scenario).collect()
+}
+
+pub fn markdown(meta: &Meta, rows: &[Row], plots: &[&str]) -> String {
+    let mut o = String::new();
+    let m = &meta.machine;
+    let _ = writeln!(
+        o,
+        "# holdfast-bench report, {}{}\n",
+        meta.date_utc,
+        if meta.smoke { " (smoke)" } else { "" }
+    );
+    let _ = writeln!(o, "Command: `{}`\n", meta.command);
+    let _ = writeln!(o, "## Machine\n");
+    let _ = writeln!(o, "- nproc: {}; CPU: {}", m.nproc, m.cpu_model);
+    let _ = writeln!(o, "- kernel (`uname -r`): {}", m.kernel);
+    let _ = writeln!(o, "- {}", m.rustc);
+    let _ = writeln!(o, "- open-file limit of the harness: {}", m.nofile_limit);
+    let _ = writeln!(o, "- CLK_TCK: {} ({})", m.clk_tck, m.clk_tck_source);
+    let _ = writeln!(
+        o,
+        "- `/proc/loadavg` at start: {}; at end: {} (anything else running on the machine \
+         disturbs the CPU and latency figures; the memory figures are per process)",
+        meta.loadavg_start, meta.loadavg_end
+    );
+    let _ = writeln!(o, "- `free -g`:\n\n```\n{}\n```\n", m.free_g);
+    let _ = writeln!(o, "## Versions\n");
+    for (k, v) in &meta.versions {
+        let _ = writeln!(o, "- {k}: {v}");
+    }
+    let p = &meta.params;
+    let _ = writeln!(o, "\n## Settings\n");
+    let _ = writeln!(
+        o,
+        "- server threads: {} (holdfast and holdfast-tokio `--threads {}`; nchan `worker_processes {}`)",
+        p.threads, p.threads, p.threads
+    );
+    let _ = writeln!(
+        o,
+        "- connection ramp: {} per second; settle before measuring: {} ms",
+        p.rate, p.settle_ms
+    );
+    for n in &meta.notes {
+        let _ = writeln!(o, "- {n}");
+    }
+    o.push('\n');
+
+    let idle = of(rows, "idle_hold");
+    if !idle.is_empty() {
+        let _ = writeln!(o, "## 1. Idle hold: memory per parked long-poll\n");
+        let _ = writeln!(
+            o,
+            "Server memory growth from just after start-up to N parked long-polls, divided by the \
+             parked count the server reports. RSS and Private (Private_Clean + Private_Dirty) from \
+             `/proc/PID/smaps_rollup`. Kernel: the machine-wide `/proc/meminfo` `Slab` growth over \
+             the same interval ÷ N; it covers **both** ends of each connection (the stress tool's \
+             socket and the server's), i.e. two sockets per connection, and anything else the \
+             machine did meanwhile. TCP sockets Δ (machine-wide, `/proc/net/sockstat` inuse) is \
+             the check: it should be 2 × held; when it is far off, the Slab figure is flagged.\n"
+        );
+        let lines = idle
+            .iter()
+            .map(|r| {
+                vec![
+                    r.server.clone(),
+                    group(r.connections as i64),
+                    num(r.get("held"), 0),
+                    mib(r.get("rss_before_bytes")),
+                    mib(r.get("rss_delta_bytes")),
+                    num(r.get("rss_per_conn_bytes"), 0),
+                    num(r.get("private_per_conn_bytes"), 0),
+                    num(r.get("slab_per_conn_bytes"), 0),
+                    num(r.get("tcp_inuse_delta"), 0),
+                    mib(r.get("master_rss_bytes")),
+                    notes_of(r),
+                ]
+            })
+            .collect();
+        table(
+            &mut o,
+            &[
+                "server",
+                "N",
+                "held",
+                "RSS at start (MiB)",
+                "RSS growth (MiB)",
+                "RSS B/conn",
+                "Private B/conn",
+                "kernel Slab B/conn (2 sockets)",
+                "TCP sockets Δ",
+                "nginx master RSS (MiB)",
+                "notes",
+            ],
+            lines,
+        );
+        if plots.contains(&"idle_memory.svg") {
+            let _ = writeln!(o, "![memory vs connections](idle_memory.svg)\n");
+        }
+    }
+
+    let fan = of(rows, "fanout");
+    if !fan.is_empty() {
+        let _ = writeln!(
+            o,
+            "## 2. Fan-out: one publish to N subscribers of one channel\n"
+        );
+        let _ = writeln!(
+            o,
+            "Server CPU from just before the publish reached the server until the last subscriber \
+             had its message (publish time + the stress tool's maximum latency), ÷ messages \
+             received. Two readings of the same window: the threads' schedstat run time (ns), and \
+             utime + stime from `/proc/PID/stat` (clock ticks of 1/CLK_TCK s, so coarse below ~10 \
+             ms). The window also holds the publish request and each subscriber's next poll when \
+             it arrives before the window ends. Latency: publish sent → message received, measured \
+             by the stress tool. Wall time to the last receipt = max latency.\n"
+        );
+        let lines = fan
+            .iter()
+            .map(|r| {
+                vec![
+                    r.server.clone(),
+                    group(r.connections as i64),
+                    num(r.get("held"), 0),
+                    num(r.get("received"), 0),
+                    num(r.get("lost"), 0),
+                    num(r.get("cpu_per_delivery_us"), 2),
+                    num(r.get("cpu_ticks_per_delivery_us"), 2),
+                    num(r.get("wall_to_last_ms"), 2),
+                    ms(r.get("latency_p50_us")),
+                    ms(r.get("latency_p99_us")),
+                    ms(r.get("latency_p999_us")),
+                    ms(r.get("latency_max_us")),
+                    notes_of(r),
+                ]
+            })
+            .collect();
+        table(
+            &mut o,
+            &[
+                "server",
+                "N",
+                "held",
+                "received",
+                "lost",
+                "CPU µs/delivery (schedstat)",
+                "CPU µs/delivery (utime+stime)",
+                "wall to last receipt (ms)",
+                "p50 (ms)",
+                "p99 (ms)",
+                "p99.9 (ms)",
+                "max (ms)",
+                "notes",
+            ],
+            lines,
+        );
+        if plots.contains(&"fanout_latency.svg") {
+            let _ = writeln!(o, "![fan-out latency](fanout_latency.svg)\n");
+        }
+    }
+
+    let cyc = of(rows, "poll_cycle");
+    if !cyc.is_empty() {
+        let _ = writeln!(
+            o,
+            "## 3. Poll cycle: M subscribers, K messages, re-polling with the cursor\n"
+        );
+        let _ = writeln!(
+            o,
+            "K messages are published {} ms apart to one channel with M subscribers; every \
+             subscriber re-polls with `since=` (nchan: `If-Modified-Since`/`If-None-Match`) after each \
+             message. Window: from just before the first publish reached the server to the end of \
+             the server's last busy 2 ms interval before (last publish + the largest publish → \
+             receipt latency), when every message had been received. Deliveries = messages the \
+             stress tool received. The stress tool shares the machine; when the server's CPU % \
+             is well under 100, the client was the bottleneck and deliveries per CPU-second is \
+             the figure that describes the server.\n",
+            p.cycle_interval_ms
+        );
+        let lines = cyc
+            .iter()
+            .map(|r| {
+                vec![
+                    r.server.clone(),
+                    group(r.connections as i64),
+                    num(r.get("messages"), 0),
+                    num(r.get("received"), 0),
+                    num(r.get("lost"), 0),
+                    num(r.get("window_ms"), 1),
+                    num(r.get("deliveries_per_sec"), 0),
+                    num(r.get("deliveries_per_cpu_sec"), 0),
+                    num(r.get("cpu_percent"), 0),
+                    ms(r.get("latency_p99_us")),
+                    notes_of(r),
+                ]
+            })
+            .collect();
+        table(
+            &mut o,
+            &[
+                "server",
+                "M",
+                "K",
+                "deliveries",
+                "lost",
+                "window (ms)",
+                "deliveries/s",
+                "deliveries per CPU-second",
+                "server CPU %",
+                "p99 (ms)",
+                "notes",
+            ],
+            lines,
+        );
+    }
+
+    let icpu = of(rows, "idle_cpu");
+    if !icpu.is_empty() {
+        let _ = writeln!(o, "## 4. Idle CPU with N parked\n");
+        let _ = writeln!(
+            o,
+            "Server CPU over the window with N long-polls parked and nothing published (schedstat ns \
+             and utime+stime ticks). No poll times out inside the window (poll timeout {} s).\n",
+            crate::server::POLL_TIMEOUT_SECS
+        );
+        let lines = icpu
+            .iter()
+            .map(|r| {
+                vec![
+                    r.server.clone(),
+                    num(r.get("held"), 0),
+                    num(r.get("window_secs"), 1),
+                    num(r.get("cpu_ms"), 2),
+                    num(r.get("cpu_ticks"), 0),
+                    num(r.get("cpu_percent"), 3),
+                    notes_of(r),
+                ]
+            })
+            .collect();
+        table(
+            &mut o,
+            &[
+                "server",
+                "held",
+                "window (s)",
+                "CPU (ms)",
+                "CPU (ticks)",
+                "CPU %",
+                "notes",
+            ],
+            lines,
+        );
+    }
+
+    let sc = of(rows, "scale");
+    if !sc.is_empty() {
+        let _ = writeln!(
+            o,
+            "## 5. Scale: parked long-polls over several holdfast processes\n"
+        );
+        let _ = writeln!(
+            o,
+            "holdfast only. Each process has its own public and admin address (one process may hold \
+             under 20,000 sockets here). Memory per connection = Σ RSS (and Private) growth of all \
+             processes ÷ Σ parked; Slab as in scenario 1 (machine-wide, two sockets per \
+             connection). After the hold, one message is published through every admin address; \
+             lost is the stress tool's count.\n"
+        );
+        let lines = sc
+            .iter()
+            .map(|r| {
+                vec![
+                    num(r.get("server_processes"), 0),
+                    group(r.connections as i64),
+                    num(r.get("held"), 0),
+                    mib(r.get("rss_delta_bytes")),
+                    num(r.get("rss_per_conn_bytes"), 0),
+                    num(r.get("private_per_conn_bytes"), 0),
+                    num(r.get("slab_per_conn_bytes"), 0),
+                    num(r.get("tcp_inuse_delta"), 0),
+                    num(r.get("received"), 0),
+                    num(r.get("lost"), 0),
+                    ms(r.get("latency_max_us")),
+                    notes_of(r),
+                ]
+            })
+            .collect();
+        table(
+            &mut o,
+            &[
+                "processes",
+                "N",
+                "held",
+                "RSS growth (MiB)",
+                "RSS B/conn",
+                "Private B/conn",
+                "kernel Slab B/conn (2 sockets)",
+                "TCP sockets Δ",
+                "received",
+                "lost",
+                "max latency (ms)",
+                "notes",
+            ],
+            lines,
+        );
+    }
+    o
+}
+
+const COLORS: [RGBColor; 3] = [
+    RGBColor(31, 119, 180),
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+];
+
+fn color_of(server: &str) -> RGBColor {
+    match server {
+        "holdfast" => COLORS[0],
+        "holdfast-tokio" => COLORS[1],
+        _ => COLORS[2],
+    }
+}
+
+type PlotResult = Result<(), Box<dyn std::error::Error>>;
+
+/// Two panels: total RSS growth vs N (linear), and bytes per connection vs N (log y),
+/// RSS solid and Private dashed-looking (hollow points).
+fn idle_plot(path: &Path, rows: &[Row]) -> PlotResult {
+    let idle = of(rows, "idle_hold");
+    let mut by_server: BTreeMap<&str, Vec<&Row>> = BTreeMap::new();
+    for r in &idle {
+        by_server.entry(r.server.as_str()).or_default().push(r);
+    }
+    let xmax = idle
+        .iter()
+        .filter_map(|r| r.get("held"))
+        .fold(1.0, f64::max)
+        * 1.05;
+    let ymax_mib = idle
+        .iter()
+        .filter_map(|r| r.get("rss_delta_bytes"))
+        .fold(0.1, f64::max)
+        / (1024.0 * 1024.0)
+        * 1.1;
+    let per: Vec<f64> = idle
+        .iter()
+        .flat_map(|r| [r.get("rss_per_conn_bytes"), r.get("private_per_conn_bytes")])
+        .flatten()
+        .filter(|v| *v > 0.0)
+        .collect();
+    let ylo = per.iter().copied().fold(f64::MAX, f64::min).clamp(1.0, 1e6) / 2.0;
+    let yhi = per.iter().copied().fold(10.0, f64::max) * 2.0;
+
+    let root = SVGBackend::new(path, (1100, 480)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (left, right) = root.split_horizontally(550);
+
+    let mut c = ChartBuilder::on(&left)
+        .caption("Server RSS growth vs parked long-polls", ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..xmax, 0.0..ymax_mib)?;
+    c.configure_mesh()
+        .x_desc("parked long-polls (N)")
+        .y_desc("RSS growth (MiB)")
+        .x_label_formatter(&|v| group(*v as i64))
+        .y_label_formatter(&|v| format!("{v:.0}"))
+        .light_line_style(WHITE)
+        .draw()?;
+    for (server, rs) in &by_server {
+        let col = color_of(server);
+        let pts: Vec<(f64, f64)> = rs
+            .iter()
+            .filter_map(|r| {
+                Some((
+                    r.get("held")?,
+                    r.get("rss_delta_bytes")? / (1024.0 * 1024.0),
+                ))
+            })
+            .collect();
+        c.draw_series(LineSeries::new(pts.clone(), col.stroke_width(2)))?
+            .label(server.to_string())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], col.stroke_width(2)));
+        c.draw_series(pts.iter().map(|&p| Circle::new(p, 4, col.filled())))?;
+    }
+    c.configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+
+    let mut c = ChartBuilder::on(&right)
+        .caption("Bytes per parked long-poll (log scale)", ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..xmax, (ylo..yhi).log_scale())?;
+    c.configure_mesh()
+        .x_desc("parked long-polls (N)")
+        .y_desc("bytes per connection")
+        .x_label_formatter(&|v| group(*v as i64))
+        .y_label_formatter(&|v| group(*v as i64))
+        .light_line_style(WHITE)
+        .draw()?;
+    for (server, rs) in &by_server {
+        let col = color_of(server);
+        for (key, what, filled) in [
+            ("rss_per_conn_bytes", "RSS", true),
+            ("private_per_conn_bytes", "Private", false),
+        ] {
+            let pts: Vec<(f64, f64)> = rs
+                .iter()
+                .filter_map(|r| Some((r.get("held")?, r.get(key)?)))
+                .filter(|p| p.1 > 0.0)
+                .collect();
+            let style = if filled {
+                col.stroke_width(2)
+            } else {
+                col.stroke_width(1)
+            };
+            c.draw_series(LineSeries::new(pts.clone(), style))?
+                .label(format!("{server} {what}"))
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
+            c.draw_series(pts.iter().map(|&p| {
+                if filled {
+                    Circle::new(p, 4, col.filled())
+                } else {
+                    Circle::new(p, 4, col.stroke_width(1))
+                }
+            }))?;
+        }
+    }
+    c.configure_series_labels()
+        .position(SeriesLabelPosition::MiddleRight)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+/// Fan-out latency percentiles per server (p50, p99, p99.9, max) as lines over the
+/// percentile axis.
+fn fanout_plot(path: &Path, rows: &[Row]) -> PlotResult {
+    let fan = of(rows, "fanout");
+    let keys = [
+        "latency_p50_us",
+        "latency_p99_us",
+        "latency_p999_us",
+        "latency_max_us",
+    ];
+    let names = ["p50", "p99", "p99.9", "max"];
+    let ymax = fan
+        .iter()
+        .flat_map(|r| keys.iter().filter_map(|k| r.get(k)))
+        .fold(1.0, f64::max)
+        / 1e3
+        * 1.4;
+    let n = fan.first().map_or(0, |r| r.connections);
+    let root = SVGBackend::new(path, (640, 420)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut c = ChartBuilder::on(&root)
+        .caption(
+            format!("Fan-out: one publish to {} subscribers", group(n as i64)),
+            ("sans-serif", 18),
+        )
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(-0.3..3.3, 0.0..ymax)?;
+    c.configure_mesh()
+        .x_labels(4)
+        .x_label_formatter(&|v: &f64| {
+            let i = v.round();
+            if (v - i).abs() < 0.01 && (0.0..=3.0).contains(&i) {
+                names[i as usize].to_string()
+            } else {
+                String::new()
+            }
+        })
+        .x_desc("percentile")
+        .y_desc("publish → receipt (ms)")
+        .y_label_formatter(&|v| format!("{v:.0}"))
+        .light_line_style(WHITE)
+        .draw()?;
+    for r in &fan {
+        let col = color_of(&r.server);
+        let pts: Vec<(f64, f64)> = keys
+            .iter()
+            .enumerate()
+            .filter_map(|(i, k)| Some((i as f64, r.get(k)? / 1e3)))
+            .collect();
+        c.draw_series(LineSeries::new(pts.clone(), col.stroke_width(2)))?
+            .label(r.server.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], col.stroke_width(2)));
+        c.draw_series(pts.iter().map(|&p| Circle::new(p, 4, col.filled())))?;
+    }
+    c.configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_grouped_by_thousands() {
+        for (v, want) in [
+            (0, "0"),
+            (999, "999"),
+            (1000, "1,000"),
+            (1_234_567, "1,234,567"),
+            (-20_000, "-20,000"),
+        ] {
+            assert_eq!(group(v), want);
+        }
+    }
+
+    #[test]
+    fn csv_fields_with_commas_or_quotes_are_quoted() {
+        assert_eq!(csv_field("plain"), "plain");
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+    }
+
+    #[test]
+    fn absent_metrics_print_as_a_dash() {
+        assert_eq!(num(None, 2), "–");
+        assert_eq!(num(Some(12.345), 2), "12.35");
+        assert_eq!(num(Some(123_456.7), 2), "123,457");
+        assert_eq!(ms(Some(2500.0)), "2.50");
+    }
+}

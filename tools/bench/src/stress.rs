@@ -1,0 +1,175 @@
+//! Driving the load generator, `holdfast-stress` (tools/stress), and reading its JSON
+//! summary. The harness never talks to subscribers itself: it starts the stress tool,
+//! watches the server's own counters to know when the connections are held, measures,
+//! and reads what the stress tool reports at the end.
+
+use crate::procs::Proc;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// One run of the stress tool.
+#[derive(Clone, Debug)]
+pub struct Run {
+    pub targets: Vec<SocketAddr>,
+    pub admins: Vec<SocketAddr>,
+    pub connections: u64,
+    pub protocol: &'static str,
+    pub channel: String,
+    /// New connections per second.
+    pub rate: u64,
+    /// How long the connections are held before the publish phase (or the end).
+    pub hold: Duration,
+    pub publish: u64,
+    pub publish_interval: Option<Duration>,
+    pub procs: Option<u32>,
+    /// The stress tool's own bound on its whole run.
+    pub max_time: Duration,
+}
+
+fn dur(d: Duration) -> String {
+    format!("{}ms", d.as_millis())
+}
+
+fn join(a: &[SocketAddr]) -> String {
+    a.iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+impl Run {
+    pub fn args(&self, json: &Path) -> Vec<String> {
+        let mut a = vec![
+            "--target".to_string(),
+            join(&self.targets),
+            "--connections".into(),
+            self.connections.to_string(),
+            "--mode".into(),
+            "longpoll".into(),
+            "--protocol".into(),
+            self.protocol.into(),
+            "--channel".into(),
+            self.channel.clone(),
+            "--rate".into(),
+            self.rate.to_string(),
+            "--hold".into(),
+            dur(self.hold),
+            "--publish".into(),
+            self.publish.to_string(),
+            "--max-time".into(),
+            dur(self.max_time),
+            "--json".into(),
+            json.display().to_string(),
+            "--quiet".into(),
+        ];
+        if !self.admins.is_empty() {
+            a.push("--admin".into());
+            a.push(join(&self.admins));
+        }
+        if let Some(i) = self.publish_interval {
+            a.push("--publish-interval".into());
+            a.push(dur(i));
+        }
+        if let Some(p) = self.procs {
+            a.push("--procs".into());
+            a.push(p.to_string());
+        }
+        a
+    }
+
+    /// Starts the stress tool; its output goes to `log`, its summary to `json`.
+    pub fn spawn(&self, bin: &Path, json: &Path, log: &Path) -> io::Result<Proc> {
+        let _ = fs::remove_file(json);
+        let out = fs::File::create(log)?;
+        let err = out.try_clone()?;
+        let mut cmd = Command::new(bin);
+        cmd.args(self.args(json))
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err));
+        Proc::spawn(&mut cmd, "holdfast-stress")
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Latency {
+    pub p50: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+    pub count: u64,
+}
+
+/// The stress tool's JSON summary (every field optional, so a partial summary from a
+/// failed run still reads).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Summary {
+    pub connections_target: u64,
+    pub connected: u64,
+    pub held: u64,
+    pub errors: BTreeMap<String, u64>,
+    pub published: u64,
+    pub expected: u64,
+    pub received: u64,
+    pub lost: u64,
+    pub duplicates: u64,
+    pub timeouts: u64,
+    pub latency_us: Latency,
+    pub ramp_secs: f64,
+    pub elapsed_secs: f64,
+    pub procs: u64,
+    pub mode: String,
+    pub protocol: String,
+}
+
+impl Summary {
+    pub fn read(path: &Path) -> io::Result<Summary> {
+        let text = fs::read_to_string(path)?;
+        serde_json::from_str(&text).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: {e}", path.display()),
+            )
+        })
+    }
+
+    /// `kind=count` pairs, or `none`.
+    pub fn errors_text(&self) -> String {
+        if self.errors.values().all(|&c| c == 0) {
+            return "none".into();
+        }
+        self.errors
+            .iter()
+            .filter(|(_, &c)| c > 0)
+            .map(|(k, c)| format!("{k}={c}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// The stress binary: `--stress PATH`, else `holdfast-stress` beside this executable,
+/// else the places the workspace builds it.
+pub fn locate(explicit: Option<&Path>) -> Result<PathBuf, String> {
+    if let Some(p) = explicit {
+        return if p.exists() {
+            Ok(p.to_path_buf())
+        } else {
+            Err(format!("--stress {}: no such file", p.display()))
+        };
+    }
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|e| Some(e.parent()?.join("holdfast-stress")));
+    if let Some(p) = beside.filter(|p| p.exists()) {
+        return Ok(p);
+    }
+    Err("holdfast-stress not found beside holdfast-bench; build it (cargo build --release -p holdfast-stress) or pass --stress PATH".into())
+}
