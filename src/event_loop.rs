@@ -219,6 +219,10 @@ impl Worker {
 
     fn accept(&mut self, t: Token) {
         let admin = t == LISTEN_ADMIN;
+        if self.spare_fd.is_none() {
+            // Lost to another worker last time descriptors ran out; take it back now.
+            self.spare_fd = File::open("/dev/null").ok();
+        }
         loop {
             let Some(idx) = self.listeners.iter().position(|(lt, _)| *lt == t) else {
                 return;
@@ -231,12 +235,20 @@ impl Worker {
                     // Out of descriptors: free our spare, take the connection off the
                     // queue, refuse it, and re-arm the spare. Without this the queue
                     // stays full and, level or edge, we would spin or stall.
+                    // accept4 reports EMFILE before it looks at the queue, so a freed
+                    // spare that takes nothing (queue empty, or another worker won the
+                    // race for the descriptor) must end the loop, or it spins.
                     self.spare_fd = None;
-                    if let Ok((s, _)) = self.listeners[idx].1.accept() {
-                        self.refuse(s.into());
-                    }
+                    let took = match self.listeners[idx].1.accept() {
+                        Ok((s, _)) => {
+                            // Answered and closed, so its descriptor is free for the spare.
+                            self.refuse(s.into());
+                            true
+                        }
+                        Err(_) => false,
+                    };
                     self.spare_fd = File::open("/dev/null").ok();
-                    if self.spare_fd.is_none() {
+                    if !took || self.spare_fd.is_none() {
                         return;
                     }
                 }
@@ -1080,6 +1092,9 @@ impl Worker {
     }
 
     fn begin_shutdown(&mut self) {
+        // The store refused publishes before the flag was raised; every acknowledged one
+        // has its note in an inbox. Deliver those before answering the rest with 503.
+        self.drain_inbox();
         self.shutting_down = Some(self.now + self.shared.shutdown_grace_ms);
         for (_, mut l) in self.listeners.drain(..) {
             let _ = self.poll.registry().deregister(&mut l);
@@ -1240,8 +1255,24 @@ impl Worker {
                 shared.deliver_note(mask, note);
             });
         shared.wake(wake & !(1 << self.id));
-        let Ok(info) = info else {
-            return self.too_many_channels(req);
+        let info = match info {
+            Ok(info) => info,
+            Err(pubsub::PublishError::TooManyChannels) => return self.too_many_channels(req),
+            Err(pubsub::PublishError::Closed) => {
+                self.out.clear();
+                respond::text(
+                    &mut self.out,
+                    503,
+                    &self.date,
+                    true,
+                    &[("Retry-After", b"1")],
+                    "server shutting down\n",
+                );
+                return Outcome::Respond {
+                    payload: None,
+                    close: true,
+                };
+            }
         };
         let mut json = Vec::with_capacity(128);
         json.extend_from_slice(b"{\"id\":\"");

@@ -152,6 +152,15 @@ impl StoreConfig {
 /// `Message` allocation, its ring slot and its entry in the eviction FIFO.
 pub const MESSAGE_OVERHEAD: usize = 128;
 
+/// Why a publish was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishError {
+    /// `--max-channels` refused a new channel.
+    TooManyChannels,
+    /// The store was closed for shutdown ([`Store::close`]).
+    Closed,
+}
+
 /// The channel limit (`--max-channels`) refused a new channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TooManyChannels;
@@ -190,6 +199,8 @@ struct Inner {
     order: VecDeque<(u64, ChannelKey)>,
     /// Messages evicted to stay under the memory cap.
     evicted_for_memory: u64,
+    /// Shutting down: publishes are refused.
+    closed: bool,
 }
 
 /// The shared store. Cheap to share behind an `Arc`.
@@ -305,6 +316,7 @@ impl Store {
                 charged: 0,
                 order: VecDeque::new(),
                 evicted_for_memory: 0,
+                closed: false,
             }),
         }
     }
@@ -325,12 +337,15 @@ impl Store {
         payload: Bytes,
         now: u64,
         mut notify: impl FnMut(u64, Note),
-    ) -> Result<PublishInfo, TooManyChannels> {
+    ) -> Result<PublishInfo, PublishError> {
         let mut g = self.lock();
         let inner = &mut *g;
+        if inner.closed {
+            return Err(PublishError::Closed);
+        }
         Self::sweep_locked(inner, now);
         if !inner.by_name.contains_key(channel) && inner.slots.len() >= self.cfg.max_channels {
-            return Err(TooManyChannels);
+            return Err(PublishError::TooManyChannels);
         }
         let slot = inner.slot_for_subscribe(channel);
         inner.last_id += 1;
@@ -440,6 +455,13 @@ impl Store {
             }
         }
         Ok(Subscribed::Waiting { cursor, lost })
+    }
+
+    /// Refuses every later publish. Servers call it when shutdown starts, before telling
+    /// workers, so every publish that was acknowledged has already queued its notes and
+    /// can be delivered before parked subscribers are sent away.
+    pub fn close(&self) {
+        self.lock().closed = true;
     }
 
     /// Removes `n` subscribers of worker `worker` from channel `key`; `worker_done` says
@@ -784,6 +806,16 @@ mod tests {
     }
 
     #[test]
+    fn closed_store_refuses_publishes() {
+        let s = store(16, 1000);
+        publish(&s, "a", "1", 0);
+        s.close();
+        let r = s.publish("a", None, Bytes::from_static(b"2"), 0, |_, _| {});
+        assert_eq!(r, Err(PublishError::Closed));
+        assert_eq!(s.stats().published, 1);
+    }
+
+    #[test]
     fn channel_cap_refuses_new_channels_only() {
         let s = Store::with_seed(
             StoreConfig {
@@ -797,7 +829,7 @@ mod tests {
         assert!(s.publish("b", None, b(), 0, |_, _| {}).is_ok());
         assert_eq!(
             s.publish("c", None, b(), 0, |_, _| {}),
-            Err(TooManyChannels)
+            Err(PublishError::TooManyChannels)
         );
         assert!(
             s.publish("a", None, b(), 0, |_, _| {}).is_ok(),

@@ -103,6 +103,7 @@ pub struct Handle {
 impl Handle {
     /// Starts a graceful shutdown: parked polls get 503, listeners close.
     pub fn shutdown(&self) {
+        self.shared.store.close();
         self.shared.shutdown.store(true, SeqCst);
         self.shared
             .wake(u64::MAX >> (64 - self.shared.workers.len()));

@@ -184,6 +184,9 @@ impl Server {
 
     /// Graceful shutdown, bounded by [`SHUTDOWN_GRACE`].
     pub async fn shutdown(mut self) {
+        // Refuse publishes first: every acknowledged one is then already in the store,
+        // where a parked poll woken by the shutdown signal looks once more (subscribe.rs).
+        self.app.store.close();
         self.app.shutdown.send_replace(true);
         // SSE bodies end when their senders go; parked polls watch the flag.
         self.app.hub.close();

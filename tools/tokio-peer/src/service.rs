@@ -237,8 +237,12 @@ fn publish(app: &App, parts: &Parts, ch: &str, payload: Bytes) -> Response<Body>
         .publish(ch, content_type, payload, app.now_ms(), |_, note| {
             app.hub.on_note(note)
         });
-    let Ok(info) = info else {
-        return respond::too_many_channels();
+    let info = match info {
+        Ok(info) => info,
+        Err(holdfast::pubsub::PublishError::TooManyChannels) => {
+            return respond::too_many_channels()
+        }
+        Err(holdfast::pubsub::PublishError::Closed) => return respond::shutting_down(),
     };
     let mut json = Vec::with_capacity(128);
     let _ = write!(json, "{{\"id\":\"{}\",\"channel\":", info.id);

@@ -181,7 +181,17 @@ async fn long_poll(
         tokio::select! {
             () = armed.any() => {}
             () = &mut deadline => return timed_out(app, cursor),
-            () = crate::server::shutdown_started(&mut stop) => return respond::shutting_down(),
+            () = crate::server::shutdown_started(&mut stop) => {
+                // A publish acknowledged before shutdown may have notified us in the same
+                // instant: look once more so it is delivered, not answered with 503.
+                let now = app.now_ms();
+                if let Ok(Subscribed::Ready { msg, lost }) =
+                    app.store.subscribe(names, Cursor::Since(cursor), None, now)
+                {
+                    return deliver(app, &msg, lost);
+                }
+                return respond::shutting_down();
+            }
         }
         // Arm again before looking, so a publish racing with the look is not lost.
         armed = watch.arm();
