@@ -1106,15 +1106,7 @@ impl Worker {
                 Phase::Parked => {
                     self.unpark(key);
                     self.wheel.cancel(&mut Slots(&mut self.conns), key as u32);
-                    self.out.clear();
-                    respond::text(
-                        &mut self.out,
-                        503,
-                        &self.date,
-                        true,
-                        &[("Retry-After", b"1")],
-                        "server shutting down\n",
-                    );
+                    self.render_shutting_down();
                     let out = std::mem::take(&mut self.out);
                     self.send(key, &[&out], None);
                     self.out = out;
@@ -1217,6 +1209,27 @@ impl Worker {
         )
     }
 
+    /// Renders the `503` + `Retry-After: 1` (then close) of a server shutting down.
+    fn render_shutting_down(&mut self) {
+        self.out.clear();
+        respond::text(
+            &mut self.out,
+            503,
+            &self.date,
+            true,
+            &[("Retry-After", b"1")],
+            "server shutting down\n",
+        );
+    }
+
+    fn shutting_down_response(&mut self) -> Outcome {
+        self.render_shutting_down();
+        Outcome::Respond {
+            payload: None,
+            close: true,
+        }
+    }
+
     /// `--max-channels` refused a new channel: 503 (it may clear as channels expire).
     fn too_many_channels(&mut self, req: &Request<'_>) -> Outcome {
         let body = b"channel limit reached (--max-channels)\n";
@@ -1258,21 +1271,7 @@ impl Worker {
         let info = match info {
             Ok(info) => info,
             Err(pubsub::PublishError::TooManyChannels) => return self.too_many_channels(req),
-            Err(pubsub::PublishError::Closed) => {
-                self.out.clear();
-                respond::text(
-                    &mut self.out,
-                    503,
-                    &self.date,
-                    true,
-                    &[("Retry-After", b"1")],
-                    "server shutting down\n",
-                );
-                return Outcome::Respond {
-                    payload: None,
-                    close: true,
-                };
-            }
+            Err(pubsub::PublishError::Closed) => return self.shutting_down_response(),
         };
         let mut json = Vec::with_capacity(128);
         json.extend_from_slice(b"{\"id\":\"");
@@ -1413,19 +1412,7 @@ impl Worker {
             }
             Subscribed::Waiting { cursor, .. } => {
                 if self.shutting_down.is_some() {
-                    self.out.clear();
-                    respond::text(
-                        &mut self.out,
-                        503,
-                        &self.date,
-                        true,
-                        &[("Retry-After", b"1")],
-                        "server shutting down\n",
-                    );
-                    return Outcome::Respond {
-                        payload: None,
-                        close: true,
-                    };
+                    return self.shutting_down_response();
                 }
                 inc(&self.shared.stats.poll_timeouts);
                 self.out.clear();
