@@ -9,23 +9,14 @@
 
 mod common;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
-
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use common::*;
 
 const SUBSCRIBERS: usize = 15_000;
 const SOURCE_ADDRS: u8 = 8; // 127.0.0.2 ..= 127.0.0.9
 const PAYLOAD: &[u8] = b"fan-out payload \x00\x01\xff";
-
-fn connect_from(source: Ipv4Addr, to: SocketAddr) -> std::io::Result<TcpStream> {
-    let sock = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
-    sock.bind(&SockAddr::from(SocketAddr::new(IpAddr::V4(source), 0)))?;
-    sock.connect_timeout(&SockAddr::from(to), IO_TIMEOUT)?;
-    Ok(sock.into())
-}
 
 #[test]
 fn one_publish_reaches_15000_parked_polls() {
