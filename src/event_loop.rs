@@ -1390,24 +1390,11 @@ impl Worker {
                 }
             }
             Subscribed::Waiting { cursor, lost } if park => {
-                let keys = self.keys;
-                self.parking.park(
-                    &mut Slots(&mut self.conns),
-                    key as u32,
-                    &keys[..names.len()],
-                );
-                let c = &mut self.conns[key];
-                c.cursor = cursor;
-                c.phase = Phase::Parked;
+                self.link_waiter(key, names.len(), cursor, Phase::Parked, timeout_ms);
                 if lost {
-                    c.set(flag::LOST);
+                    self.conns[key].set(flag::LOST);
                 }
                 inc(&self.shared.stats.parked);
-                self.wheel.insert(
-                    &mut Slots(&mut self.conns),
-                    key as u32,
-                    self.now + timeout_ms,
-                );
                 Outcome::Parked
             }
             Subscribed::Waiting { cursor, .. } => {
@@ -1461,26 +1448,29 @@ impl Worker {
         let out = std::mem::take(&mut self.out);
         self.send(key, &[&out], None);
         self.out = out;
-        let keys = self.keys;
-        self.parking.park(
-            &mut Slots(&mut self.conns),
-            key as u32,
-            &keys[..names.len()],
-        );
+        let heartbeat = self.shared.sse_heartbeat_ms;
+        self.link_waiter(key, names.len(), last, Phase::Stream, heartbeat);
         let c = &mut self.conns[key];
-        c.cursor = last;
-        c.phase = Phase::Stream;
         c.set(flag::CLOSE_AFTER | flag::SERVED);
         if named {
             c.set(flag::MULTI);
         }
         inc(&self.shared.stats.sse_streams);
-        self.wheel.insert(
-            &mut Slots(&mut self.conns),
-            key as u32,
-            self.now + self.shared.sse_heartbeat_ms,
-        );
         Outcome::Parked
+    }
+
+    /// Links `key` into the waiter lists of the first `n` channels in `self.keys` (the
+    /// store registered it there), records its cursor and phase, and arms its timer
+    /// (poll timeout or heartbeat) `after_ms` from now. Shared by long-poll and SSE.
+    fn link_waiter(&mut self, key: usize, n: usize, cursor: u64, phase: Phase, after_ms: u64) {
+        let keys = self.keys;
+        self.parking
+            .park(&mut Slots(&mut self.conns), key as u32, &keys[..n]);
+        let c = &mut self.conns[key];
+        c.cursor = cursor;
+        c.phase = phase;
+        self.wheel
+            .insert(&mut Slots(&mut self.conns), key as u32, self.now + after_ms);
     }
 }
 
