@@ -481,31 +481,7 @@ impl Conn {
         let head = String::from_utf8(self.buf[..head_end].to_vec())
             .map_err(|_| io_err(io::ErrorKind::InvalidData, "response head is not UTF-8"))?;
         self.buf.drain(..head_end + 4);
-        let mut lines = head.split("\r\n");
-        let status_line = lines.next().unwrap_or_default();
-        let mut parts = status_line.splitn(3, ' ');
-        let version = parts.next().unwrap_or_default().to_string();
-        let status: u16 = parts
-            .next()
-            .and_then(|s| s.parse().ok())
-            .filter(|_| version.starts_with("HTTP/1."))
-            .ok_or_else(|| {
-                io_err(
-                    io::ErrorKind::InvalidData,
-                    format!("bad status line {status_line:?}"),
-                )
-            })?;
-        let reason = parts.next().unwrap_or_default().to_string();
-        let mut headers = Vec::new();
-        for line in lines {
-            let (n, v) = line.split_once(':').ok_or_else(|| {
-                io_err(
-                    io::ErrorKind::InvalidData,
-                    format!("bad header line {line:?}"),
-                )
-            })?;
-            headers.push((n.to_string(), v.trim().to_string()));
-        }
+        let (version, status, reason, headers) = parse_response_head(&head)?;
         let mut resp = Response {
             version,
             status,
@@ -1007,31 +983,7 @@ impl Sse {
         };
         let head = String::from_utf8_lossy(&self.conn.buf[..head_end]).into_owned();
         self.conn.buf.drain(..head_end + 4);
-        let mut lines = head.split("\r\n");
-        let status_line = lines.next().unwrap_or_default();
-        let mut parts = status_line.splitn(3, ' ');
-        let version = parts.next().unwrap_or_default().to_string();
-        let status: u16 = parts
-            .next()
-            .and_then(|s| s.parse().ok())
-            .filter(|_| version.starts_with("HTTP/1."))
-            .ok_or_else(|| {
-                io_err(
-                    io::ErrorKind::InvalidData,
-                    format!("bad status line {status_line:?}"),
-                )
-            })?;
-        let reason = parts.next().unwrap_or_default().to_string();
-        let mut headers = Vec::new();
-        for line in lines {
-            let (n, v) = line.split_once(':').ok_or_else(|| {
-                io_err(
-                    io::ErrorKind::InvalidData,
-                    format!("bad header line {line:?}"),
-                )
-            })?;
-            headers.push((n.to_string(), v.trim().to_string()));
-        }
+        let (version, status, reason, headers) = parse_response_head(&head)?;
         let resp = Response {
             version,
             status,
@@ -2014,4 +1966,36 @@ pub mod fuzzing {
             open_body: false,
         })
     }
+}
+
+/// Splits a response head (without the blank line) into version, status, reason and
+/// headers; shared by the plain and the SSE client.
+#[allow(clippy::type_complexity)]
+fn parse_response_head(head: &str) -> io::Result<(String, u16, String, Vec<(String, String)>)> {
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let mut parts = status_line.splitn(3, ' ');
+    let version = parts.next().unwrap_or_default().to_string();
+    let status: u16 = parts
+        .next()
+        .and_then(|s| s.parse().ok())
+        .filter(|_| version.starts_with("HTTP/1."))
+        .ok_or_else(|| {
+            io_err(
+                io::ErrorKind::InvalidData,
+                format!("bad status line {status_line:?}"),
+            )
+        })?;
+    let reason = parts.next().unwrap_or_default().to_string();
+    let mut headers = Vec::new();
+    for line in lines {
+        let (n, v) = line.split_once(':').ok_or_else(|| {
+            io_err(
+                io::ErrorKind::InvalidData,
+                format!("bad header line {line:?}"),
+            )
+        })?;
+        headers.push((n.to_string(), v.trim().to_string()));
+    }
+    Ok((version, status, reason, headers))
 }
