@@ -160,13 +160,6 @@ fn at_the_connection_cap_new_connections_get_503_without_a_spin_and_service_resu
 
 #[test]
 fn out_of_file_descriptors_new_connections_are_refused_without_a_spin_and_service_resumes() {
-    // Known difference (tools/tokio-peer/README.md): on EMFILE the tokio peer pauses
-    // accepting for 100 ms, the usual tokio idiom, and leaves clients in the accept queue
-    // instead of answering 503. Open work: teach it the spare-descriptor refusal.
-    if !testing_holdfast() {
-        eprintln!("skipped: holdfast-only behaviour (see tools/tokio-peer/README.md)");
-        return;
-    }
     const NOFILE: u64 = 300;
     holdfast::sys::raise_fd_limit().expect("raise the open-file limit");
     let prlimit = Command::new("prlimit").arg("--version").output();

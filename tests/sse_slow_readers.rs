@@ -75,13 +75,6 @@ fn read_all(mut sse: Sse, ids: std::sync::mpsc::Receiver<String>) -> Result<usiz
 
 #[test]
 fn a_thousand_streams_that_never_read_are_cut_with_bounded_memory_while_readers_get_everything() {
-    // Known peer bug (tools/tokio-peer/README.md): its backlog counts bytes queued ahead
-    // of the stream's task, so a burst can cut a stream that is reading (seen 1 run in 4).
-    // Gated until that accounting counts only what the socket refused, as holdfast does.
-    if !testing_holdfast() {
-        eprintln!("skipped: known tokio-peer backlog accounting bug");
-        return;
-    }
     holdfast::sys::raise_fd_limit().expect("raise the open-file limit");
     let s = Server::start(&[
         "--sse-max-backlog",
@@ -177,13 +170,11 @@ fn a_thousand_streams_that_never_read_are_cut_with_bounded_memory_while_readers_
     // bookkeeping. Copying payloads per stream would cost up to 64 KiB per stream
     // (64 MB here) before the cut; the bound is a quarter of that.
     let bound = rss_before + 2 * published_bytes as u64 + 16 * 1024 * 1024;
-    if testing_holdfast() {
-        assert!(
-            rss_peak <= bound,
-            "server RSS peaked at {rss_peak} (from {rss_before}) with {SLOW} slow streams; \
-             bound {bound}"
-        );
-    }
+    assert!(
+        rss_peak <= bound,
+        "server RSS peaked at {rss_peak} (from {rss_before}) with {SLOW} slow streams; \
+         bound {bound}"
+    );
 
     // A cut stream resumes with Last-Event-ID and loses nothing still buffered.
     let mut cut = slow.swap_remove(0);

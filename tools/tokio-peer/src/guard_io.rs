@@ -33,7 +33,10 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, Ordering::Acquire, Ordering::Release};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize};
+use std::sync::atomic::{
+    Ordering::AcqRel, Ordering::Acquire, Ordering::Relaxed, Ordering::Release, Ordering::SeqCst,
+};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -60,7 +63,37 @@ pub struct ConnShared {
     /// Raised by an SSE stream whose client fell too far behind: the connection task
     /// drops the connection without waiting for hyper.
     abort: Notify,
+    /// The connection's SSE stream backlog, if it opened one.
+    backlog: Backlog,
 }
+
+/// How far a connection's SSE stream is behind (an event stream is close-delimited, so a
+/// connection carries at most one).
+///
+/// `queued` is what the hub handed to the stream's queue and its body has not taken yet.
+/// hyper polls the body only when it has room to write, so the queue grows while the
+/// socket refuses bytes, and the body drains it as soon as the socket takes them. A queue
+/// over the limit is therefore not by itself a slow reader: a publish burst can arrive
+/// before the stream's task runs. The stream is cut when the queue is over the limit
+/// *and* the socket refused the last write (the same rule as holdfast's "unsent bytes":
+/// what the client has not accepted), checked by whichever side moves second — the
+/// publisher adding bytes, or the socket wrapper seeing a write refused. A queue
+/// [`HARD_CAP`] times the limit is cut regardless, so a stream whose task is starved
+/// cannot hold unbounded memory.
+#[derive(Default)]
+struct Backlog {
+    /// Bytes queued and not yet taken by the body.
+    queued: AtomicUsize,
+    /// `--sse-max-backlog`, set when the stream opens (0: no stream).
+    limit: AtomicUsize,
+    /// The socket refused the last write (a write it accepts clears it).
+    refused: AtomicBool,
+    /// Over the limit: nothing more is queued and the body ends.
+    cut: AtomicBool,
+}
+
+/// A queue this many times `--sse-max-backlog` is cut even if the socket never refused.
+const HARD_CAP: usize = 4;
 
 impl ConnShared {
     /// Marks a request as started; the guard ends it when dropped.
@@ -78,6 +111,61 @@ impl ConnShared {
     /// Resolves once [`abort`](Self::abort) has been called (a stored permit counts).
     pub async fn aborted(&self) {
         self.abort.notified().await;
+    }
+
+    /// An SSE stream opened on this connection, allowed `limit` unsent bytes.
+    pub fn open_stream(&self, limit: usize) {
+        self.backlog.limit.store(limit.max(1), SeqCst);
+    }
+
+    /// The publisher queues `len` bytes for the stream. False if the stream is cut (now
+    /// or before) and the bytes must not be queued.
+    pub fn queue(&self, len: usize) -> bool {
+        let b = &self.backlog;
+        if b.cut.load(Acquire) {
+            return false;
+        }
+        let queued = b.queued.fetch_add(len, SeqCst) + len;
+        let limit = b.limit.load(Acquire);
+        let over = queued > limit && b.refused.load(SeqCst);
+        if over || queued > limit.saturating_mul(HARD_CAP) {
+            self.cut();
+            return false;
+        }
+        true
+    }
+
+    /// The body took `len` bytes off the queue.
+    pub fn taken(&self, len: usize) {
+        self.backlog.queued.fetch_sub(len, SeqCst);
+    }
+
+    pub fn is_cut(&self) -> bool {
+        self.backlog.cut.load(Acquire)
+    }
+
+    fn cut(&self) {
+        if !self.backlog.cut.swap(true, AcqRel) {
+            self.abort();
+        }
+    }
+
+    /// The socket refused a write: cut the stream if its queue is over the limit.
+    fn write_refused(&self) {
+        let b = &self.backlog;
+        b.refused.store(true, SeqCst);
+        let limit = b.limit.load(Acquire);
+        if limit > 0 && b.queued.load(SeqCst) > limit {
+            self.cut();
+        }
+    }
+
+    /// The socket accepted a write.
+    fn write_accepted(&self) {
+        // Load first: the flag lives in a line the publisher reads.
+        if self.backlog.refused.load(Relaxed) {
+            self.backlog.refused.store(false, SeqCst);
+        }
     }
 }
 
@@ -257,10 +345,14 @@ impl AsyncWrite for GuardedIo {
         this.sync_phase(cx);
         match Pin::new(&mut this.stream).poll_write(cx, buf) {
             Poll::Pending => {
+                this.conn.write_refused();
                 this.check_deadline(cx)?;
                 Poll::Pending
             }
-            ready => ready,
+            ready => {
+                this.conn.write_accepted();
+                ready
+            }
         }
     }
 
@@ -273,10 +365,14 @@ impl AsyncWrite for GuardedIo {
         this.sync_phase(cx);
         match Pin::new(&mut this.stream).poll_write_vectored(cx, bufs) {
             Poll::Pending => {
+                this.conn.write_refused();
                 this.check_deadline(cx)?;
                 Poll::Pending
             }
-            ready => ready,
+            ready => {
+                this.conn.write_accepted();
+                ready
+            }
         }
     }
 

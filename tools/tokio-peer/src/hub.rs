@@ -15,7 +15,8 @@
 //!   message itself rather than a wake-up, so a burst of publishes never outruns a
 //!   stream's task and turns into `event: lost`; what bounds a stream is its byte backlog
 //!   (`--sse-max-backlog`): the publisher counts bytes in, the body counts bytes out,
-//!   and a stream over the limit is cut by aborting its connection.
+//!   and a stream over the limit while its socket refuses writes is cut by aborting its
+//!   connection (the rule is in `guard_io::ConnShared::queue`).
 //!
 //! Lock order: the store lock, then the hub lock (publish and delete notify while holding
 //! the store lock). Subscribers take the two one at a time, never nested.
@@ -28,7 +29,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Poll;
 
@@ -55,31 +56,25 @@ pub struct Signal {
     deleted_gen: AtomicU32,
 }
 
-/// A stream's end of its backlog accounting, shared with the hub.
+/// A stream's identity in the hub, and the connection whose backlog it counts against
+/// (see `guard_io::ConnShared::queue` for the cut-off rule).
 pub struct StreamState {
-    /// Bytes handed to the stream's queue and not yet taken by its body.
-    queued: AtomicUsize,
-    /// Set once the backlog passed the limit; nothing more is queued.
-    cut: AtomicBool,
     conn: Arc<ConnShared>,
 }
 
 impl StreamState {
-    pub fn new(conn: Arc<ConnShared>) -> StreamState {
-        StreamState {
-            queued: AtomicUsize::new(0),
-            cut: AtomicBool::new(false),
-            conn,
-        }
+    pub fn new(conn: Arc<ConnShared>, max_backlog: usize) -> StreamState {
+        conn.open_stream(max_backlog);
+        StreamState { conn }
     }
 
     /// The body took `n` bytes off the queue.
     pub fn taken(&self, n: usize) {
-        self.queued.fetch_sub(n, Ordering::AcqRel);
+        self.conn.taken(n);
     }
 
     pub fn is_cut(&self) -> bool {
-        self.cut.load(Ordering::Acquire)
+        self.conn.is_cut()
     }
 }
 
@@ -103,18 +98,12 @@ struct StreamTx {
 }
 
 impl StreamTx {
-    fn push(&self, item: StreamItem, len: usize, max_backlog: usize) {
-        if self.state.is_cut() {
-            return;
+    fn push(&self, item: StreamItem, len: usize) {
+        if self.state.conn.queue(len) {
+            // A send fails only if the body is gone, and then its registration is going
+            // too.
+            let _ = self.tx.send(item);
         }
-        let queued = self.state.queued.fetch_add(len, Ordering::AcqRel) + len;
-        if queued > max_backlog {
-            self.state.cut.store(true, Ordering::Release);
-            self.state.conn.abort();
-            return;
-        }
-        // A send fails only if the body is gone, and then its registration is going too.
-        let _ = self.tx.send(item);
     }
 }
 
@@ -175,6 +164,11 @@ impl Hub {
         })
     }
 
+    /// `--sse-max-backlog`.
+    pub fn max_backlog(&self) -> usize {
+        self.max_backlog
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock leaves a consistent map (every update is one
         // insert or remove), so keep serving rather than poisoning every request.
@@ -204,7 +198,7 @@ impl Hub {
                         evicted_max,
                         frame,
                     };
-                    s.push(item, len, self.max_backlog);
+                    s.push(item, len);
                 }
             }
             Note::Deleted { key, channel } => {
@@ -220,7 +214,7 @@ impl Hub {
                         key,
                         channel: channel.clone(),
                     };
-                    s.push(item, 0, self.max_backlog);
+                    s.push(item, 0);
                 }
             }
         }

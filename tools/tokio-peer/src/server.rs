@@ -17,9 +17,11 @@
 //! `main` drops the runtime. Every connection task holds a clone of an `mpsc::Sender`, so
 //! "all connections are gone" is the channel closing (tokio's graceful-shutdown idiom).
 
+use std::fs::File;
 use std::io::{self, Read as _, Write as _};
 use std::net::{Shutdown, SocketAddr};
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use holdfast::config::Config;
@@ -41,7 +43,8 @@ use crate::service;
 const LINGER: Duration = Duration::from_secs(2);
 /// How long shutdown waits for connections to finish (PROTOCOL: exit within 2 s).
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
-/// Pause after `accept` fails for lack of descriptors (the backlog holds the clients).
+/// Pause after `accept` fails for lack of descriptors and the spare descriptor could not
+/// take a client off the queue (the backlog holds the clients).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Limits from the flags, in the units the handlers use.
@@ -169,6 +172,7 @@ impl Server {
                 timeouts,
                 admin,
                 done: done_tx.clone(),
+                spare: File::open("/dev/null").ok(),
             };
             tokio::spawn(acceptor.run(listener));
         }
@@ -226,10 +230,13 @@ struct Acceptor {
     timeouts: Timeouts,
     admin: bool,
     done: mpsc::Sender<()>,
+    /// A descriptor held in reserve: out of descriptors, closing it lets the loop take
+    /// one client off the queue and answer it `503` (the nginx / libuv idiom).
+    spare: Option<File>,
 }
 
 impl Acceptor {
-    async fn run(self, listener: TcpListener) {
+    async fn run(mut self, listener: TcpListener) {
         let mut stop = self.app.shutdown_signal();
         loop {
             let accepted = tokio::select! {
@@ -239,15 +246,39 @@ impl Acceptor {
             match accepted {
                 Ok((stream, _)) => self.admit(stream),
                 Err(e) if is_fd_exhaustion(&e) => {
-                    // Out of descriptors: leave the clients in the backlog and retry
-                    // shortly instead of spinning on an accept that keeps failing.
-                    eprintln!("holdfast-tokio: accept: {e}; pausing");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    if !self.refuse_with_spare(&listener) {
+                        // Nothing taken off the queue (or no spare to re-arm): retry
+                        // shortly instead of spinning on an accept that keeps failing.
+                        eprintln!("holdfast-tokio: accept: {e}; pausing");
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    }
                 }
                 // Aborted handshakes and the like concern one client only.
                 Err(_) => {}
             }
         }
+    }
+
+    /// Out of descriptors: frees the spare, accepts one queued client, answers it `503`
+    /// and closes it, then re-arms the spare. False if no client was refused this way or
+    /// the spare could not be re-armed (another thread took the descriptor): the caller
+    /// then backs off, as `accept` fails with `EMFILE` before it looks at the queue.
+    fn refuse_with_spare(&mut self, listener: &TcpListener) -> bool {
+        if self.spare.take().is_none() {
+            // Lost last time; take it back if a descriptor has come free since.
+            self.spare = File::open("/dev/null").ok();
+            return false;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        let took = match listener.poll_accept(&mut cx) {
+            Poll::Ready(Ok((stream, _))) => {
+                refuse(&self.app, stream);
+                true
+            }
+            _ => false,
+        };
+        self.spare = File::open("/dev/null").ok();
+        took && self.spare.is_some()
     }
 
     fn admit(&self, stream: TcpStream) {

@@ -4,7 +4,8 @@
 //! message newer than the cursor, rendered when the stream opened), then what the
 //! [`hub`](crate::hub) queues for it, then heartbeats. hyper polls the body only when it
 //! has room to write, so the queue is where a slow reader's backlog builds up; the hub
-//! counts bytes in and this body counts bytes out (see `hub` for the cut-off).
+//! counts bytes in and this body counts bytes out (the cut-off rule is in
+//! `guard_io::ConnShared::queue`).
 //!
 //! Framing is holdfast's own (`holdfast::sse`): `id:`, `event:` for multi-channel
 //! streams, one `data:` per line, base64 `event: binary` for non-UTF-8 payloads,

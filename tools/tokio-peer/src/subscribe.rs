@@ -216,7 +216,7 @@ fn open_stream(
 ) -> Response<Body> {
     let named = names.len() > 1;
     let (tx, rx) = mpsc::unbounded_channel();
-    let state = Arc::new(StreamState::new(conn.clone()));
+    let state = Arc::new(StreamState::new(conn.clone(), app.hub.max_backlog()));
     let Some(reg) = app.hub.add_stream(names, tx, state.clone()) else {
         return respond::shutting_down();
     };
