@@ -1,13 +1,16 @@
 //! Criterion benches for the per-request and per-connection hot paths: request-head
-//! parsing, the timer wheel at a million entries, parking and unparking, and rendering
+//! parsing, reading a head that arrives one byte per readiness event (a slow-loris
+//! client), the timer wheel at a million entries, parking and unparking, and rendering
 //! one message for fan-out. `cargo bench --bench hot_paths`; CI compiles them
 //! (`cargo bench --no-run`) so they keep building.
 
 use std::hint::black_box;
+use std::io::{self, Read};
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use holdfast::http::parse::{head_end, parse_head, Parsed};
+use holdfast::conn::Io;
+use holdfast::http::parse::{check_partial, head_end, parse_head, Parsed};
 use holdfast::http::respond;
 use holdfast::park::{ParkLink, ParkSlots, Parking};
 use holdfast::pubsub::{Cursor, Store, StoreConfig, Subscribed};
@@ -29,6 +32,43 @@ fn parse(c: &mut Criterion) {
                 Ok(Parsed::Complete(r)) => black_box(r.head_len),
                 _ => unreachable!("valid request"),
             }
+        })
+    });
+    g.finish();
+}
+
+/// A socket with nothing to read.
+struct Drained;
+impl Read for Drained {
+    fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+        Err(io::ErrorKind::WouldBlock.into())
+    }
+}
+
+/// What the worker does for a slow-loris client: per readiness event, read one byte,
+/// read again to `WouldBlock`, and look at the new byte for the end of the head.
+fn dribble(c: &mut Criterion) {
+    let mut g = c.benchmark_group("read");
+    g.throughput(Throughput::Bytes(SUB.len() as u64));
+    let mut io = Io::default();
+    g.bench_function("subscribe_head_byte_by_byte", |b| {
+        b.iter(|| {
+            for i in 0..SUB.len() {
+                let n = io
+                    .read_from(&mut &SUB[i..i + 1], 64 * 1024)
+                    .expect("one byte");
+                debug_assert_eq!(n, 1);
+                assert!(io.read_from(&mut Drained, 64 * 1024).is_err());
+                let mut scanned = io.scanned;
+                if let Some(end) = head_end(io.input(), &mut scanned) {
+                    black_box(end);
+                    io.consume(end);
+                } else {
+                    io.scanned = scanned;
+                    check_partial(io.input()).expect("within limits");
+                }
+            }
+            assert!(io.input().is_empty(), "the head ends with the last byte");
         })
     });
     g.finish();
@@ -188,5 +228,5 @@ fn render(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, parse, wheel, park, render);
+criterion_group!(benches, parse, dribble, wheel, park, render);
 criterion_main!(benches);

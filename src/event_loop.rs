@@ -389,38 +389,25 @@ impl Worker {
         let c = &mut self.conns[key];
         let mut open = true;
         loop {
-            if io.rbuf.len() - io.rpos >= limit {
+            if io.buffered() >= limit {
                 break; // not draining: resumed later by `drive`
             }
-            if io.rbuf.len() == io.rbuf.capacity() && io.rpos > 0 {
-                io.compact();
-            }
-            let len = io.rbuf.len();
-            if io.rbuf.capacity() - len < 1024 {
-                io.rbuf.reserve(4096);
-            }
-            let room = (io.rbuf.capacity() - len).min(limit - (len - io.rpos));
-            io.rbuf.resize(len + room, 0);
-            match c.stream.read(&mut io.rbuf[len..]) {
+            match io.read_from(&mut c.stream, limit) {
                 Ok(0) => {
-                    io.rbuf.truncate(len);
                     c.set(flag::EOF);
                     open = false;
                     break;
                 }
-                Ok(n) => io.rbuf.truncate(len + n),
-                Err(e) => {
-                    io.rbuf.truncate(len);
-                    match e.kind() {
-                        io::ErrorKind::WouldBlock => break,
-                        io::ErrorKind::Interrupted => continue,
-                        _ => {
-                            c.set(flag::EOF | flag::DEAD);
-                            open = false;
-                            break;
-                        }
+                Ok(_) => {}
+                Err(e) => match e.kind() {
+                    io::ErrorKind::WouldBlock => break,
+                    io::ErrorKind::Interrupted => continue,
+                    _ => {
+                        c.set(flag::EOF | flag::DEAD);
+                        open = false;
+                        break;
                     }
-                }
+                },
             }
         }
         c.io = Some(io);
@@ -490,15 +477,12 @@ impl Worker {
                 }
                 break;
             }
-            let before = c.io.as_ref().map_or(0, |io| io.rbuf.len() - io.rpos);
+            let before = c.io.as_ref().map_or(0, |io| io.buffered());
             let open = self.read_input(
                 key,
                 MAX_BUFFERED_INPUT + self.shared.max_message_size * CHUNKED_OVERHEAD,
             );
-            let after = self.conns[key]
-                .io
-                .as_ref()
-                .map_or(0, |io| io.rbuf.len() - io.rpos);
+            let after = self.conns[key].io.as_ref().map_or(0, |io| io.buffered());
             if after == before {
                 if open {
                     break; // WouldBlock
@@ -516,7 +500,8 @@ impl Worker {
     fn handle_buffered(&mut self, key: usize) -> bool {
         let mut io = self.take_io(key);
         let max = self.shared.max_message_size;
-        let buf = &io.rbuf[io.rpos..];
+        // Not `io.input()`: `buf` is read while other fields of `io` are updated.
+        let buf = &io.rbuf[io.rpos..io.rend];
         let mut scanned = io.scanned;
         let head_end = match parse::head_end(buf, &mut scanned) {
             Some(e) => e,
@@ -685,10 +670,7 @@ impl Worker {
         self.send(key, &[&out], None);
         self.out = out;
         if let Some(io) = self.conns[key].io.as_mut() {
-            // Nothing after a refused head is trusted to be a request.
-            io.rbuf.clear();
-            io.rpos = 0;
-            io.body = None;
+            io.discard_input();
         }
         self.request_done(key, true);
     }
@@ -847,9 +829,7 @@ impl Worker {
         }
         c.phase = Phase::Linger;
         if let Some(io) = c.io.as_mut() {
-            io.rbuf.clear();
-            io.rpos = 0;
-            io.body = None;
+            io.discard_input();
         }
         self.wheel.insert(
             &mut Slots(&mut self.conns),
