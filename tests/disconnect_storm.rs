@@ -19,11 +19,7 @@ const NOTICE_WITHIN: Duration = Duration::from_secs(3);
 
 #[test]
 fn fifteen_thousand_parked_polls_reset_at_once_are_all_freed() {
-    let limit = holdfast::sys::raise_fd_limit().expect("raise the open-file limit");
-    assert!(
-        limit >= SUBSCRIBERS as u64 + 200,
-        "open-file limit {limit} is too low for {SUBSCRIBERS} client sockets"
-    );
+    raise_fd_limit_for(SUBSCRIBERS);
     let s = Server::start(&["--threads", "2"]);
     let request = request_bytes("GET", "/sub/storm?timeout=120", &[], None);
     // Warm up what any served request allocates once, as the fan-out test does.
@@ -35,29 +31,13 @@ fn fifteen_thousand_parked_polls_reset_at_once_are_all_freed() {
     );
 
     let t = Instant::now();
-    let mut streams = Vec::with_capacity(SUBSCRIBERS);
-    for i in 0..SUBSCRIBERS {
-        assert!(
-            t.elapsed() < Duration::from_secs(120),
-            "only {i} connections opened in 120 s"
-        );
-        let source = source_addr(i, SOURCE_ADDRS);
-        let stream = connect_from(source, s.public)
-            .unwrap_or_else(|e| panic!("connection {i} from {source}: {e}"));
-        let mut c = Conn::from_stream(stream);
-        c.try_send(&request)
-            .unwrap_or_else(|e| panic!("request on connection {i}: {e}"));
-        streams.push(c.stream);
-    }
-    let mut parked = 0;
-    let all_parked = wait_until(
-        || {
-            parked = stat(s.admin, "parked");
-            parked == SUBSCRIBERS as u64
-        },
+    let conns = connect_many(s.public, SUBSCRIBERS, SOURCE_ADDRS, &request);
+    wait_stat(
+        s.admin,
+        "parked",
+        SUBSCRIBERS as u64,
         Duration::from_secs(60),
     );
-    assert!(all_parked, "only {parked} of {SUBSCRIBERS} polls parked");
     let rss_parked = stat(s.admin, "rss_bytes");
     eprintln!(
         "{SUBSCRIBERS} parked in {:?}; server RSS {rss_before} -> {rss_parked}",
@@ -66,8 +46,8 @@ fn fifteen_thousand_parked_polls_reset_at_once_are_all_freed() {
 
     // The storm: every connection reset, as fast as the client can close them.
     let t = Instant::now();
-    for stream in streams {
-        reset(stream);
+    for c in conns {
+        reset(c.stream);
     }
     let closed_in = t.elapsed();
     let mut last = serde_json::Value::Null;

@@ -9,7 +9,6 @@
 
 mod common;
 
-use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -20,11 +19,7 @@ const PAYLOAD: &[u8] = b"fan-out payload \x00\x01\xff";
 
 #[test]
 fn one_publish_reaches_15000_parked_polls() {
-    let limit = holdfast::sys::raise_fd_limit().expect("raise the open-file limit");
-    assert!(
-        limit >= SUBSCRIBERS as u64 + 200,
-        "open-file limit {limit} is too low for {SUBSCRIBERS} client sockets"
-    );
+    raise_fd_limit_for(SUBSCRIBERS);
     // Started after raising the limit: the child inherits it.
     let s = Server::start(&["--threads", "2"]);
     let request = request_bytes("GET", "/sub/fan?timeout=60", &[], None);
@@ -34,34 +29,15 @@ fn one_publish_reaches_15000_parked_polls() {
     let rss_before = stat(s.admin, "rss_bytes");
 
     let t = Instant::now();
-    let mut conns = Vec::with_capacity(SUBSCRIBERS);
-    for i in 0..SUBSCRIBERS {
-        assert!(
-            t.elapsed() < Duration::from_secs(120),
-            "only {i} connections opened in 120 s"
-        );
-        let source = Ipv4Addr::new(127, 0, 0, 2 + (i % SOURCE_ADDRS as usize) as u8);
-        let stream = connect_from(source, s.public)
-            .unwrap_or_else(|e| panic!("connection {i} from {source}: {e}"));
-        let mut c = Conn::from_stream(stream);
-        c.try_send(&request)
-            .unwrap_or_else(|e| panic!("request on connection {i}: {e}"));
-        conns.push(c);
-    }
+    let mut conns = connect_many(s.public, SUBSCRIBERS, SOURCE_ADDRS, &request);
     eprintln!("{SUBSCRIBERS} polls sent in {:?}", t.elapsed());
 
     let t = Instant::now();
-    let mut parked = 0;
-    let all_parked = wait_until(
-        || {
-            parked = stat(s.admin, "parked");
-            parked == SUBSCRIBERS as u64
-        },
+    wait_stat(
+        s.admin,
+        "parked",
+        SUBSCRIBERS as u64,
         Duration::from_secs(60),
-    );
-    assert!(
-        all_parked,
-        "only {parked} of {SUBSCRIBERS} polls parked after 60 s"
     );
     eprintln!("all parked after a further {:?}", t.elapsed());
     let rss_parked = stat(s.admin, "rss_bytes");

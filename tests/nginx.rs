@@ -163,7 +163,7 @@ fn client_leaving_through_nginx_frees_the_server_slot() {
     drop(c);
     wait_stat(s.admin, "parked", 0, 3 * SEC);
 
-    let sse = ProxiedSse::open(n.addr, "/sub/gone", &[]);
+    let sse = Sse::open(n.addr, "/sub/gone", &[]);
     wait_stat(s.admin, "sse_streams", 1, 5 * SEC);
     drop(sse);
     wait_stat(s.admin, "sse_streams", 0, 3 * SEC);
@@ -201,12 +201,13 @@ fn health_passes_and_admin_paths_are_not_exposed() {
 #[test]
 fn sse_events_stream_through_nginx_as_they_are_published() {
     let (s, n) = start(&[]);
-    let mut sse = ProxiedSse::open(n.addr, "/sub/live", &[]);
+    let mut sse = Sse::open(n.addr, "/sub/live", &[]);
+    let head = sse.head.as_ref().expect("Sse::open reads the head");
     assert_eq!(
-        sse.head.header("cache-control"),
+        head.header("cache-control"),
         Some("no-store"),
         "{}",
-        sse.head.brief()
+        head.brief()
     );
     wait_stat(s.admin, "sse_streams", 1, 5 * SEC);
     // One at a time, each read before the next is published: an event nginx kept in a
@@ -215,7 +216,7 @@ fn sse_events_stream_through_nginx_as_they_are_published() {
         let body = format!("live {i}\nsecond line");
         let t = Instant::now();
         let id = publish(s.admin, "live", &body);
-        let ev = sse.event(2 * SEC);
+        let ev = sse.event_within(2 * SEC);
         assert!(
             t.elapsed() < SEC,
             "event {i} took {:?} through nginx",
@@ -233,18 +234,18 @@ fn sse_resumes_from_last_event_id_through_nginx() {
     let ids: Vec<String> = (0..3)
         .map(|i| publish(s.admin, "re", format!("r{i}")))
         .collect();
-    let mut sse = ProxiedSse::open(n.addr, "/sub/re", &[("Last-Event-ID", &ids[0])]);
+    let mut sse = Sse::open(n.addr, "/sub/re", &[("Last-Event-ID", &ids[0])]);
     for (i, id) in ids.iter().enumerate().skip(1) {
-        let ev = sse.event(5 * SEC);
+        let ev = sse.event_within(5 * SEC);
         assert_eq!(ev.id(), Some(id.as_str()), "{}", ev.raw);
         assert_eq!(ev.data(), format!("r{i}"), "{}", ev.raw);
     }
     let id = publish(s.admin, "re", "after");
-    let ev = sse.event(5 * SEC);
+    let ev = sse.event_within(5 * SEC);
     assert_eq!((ev.id(), ev.data().as_str()), (Some(id.as_str()), "after"));
     // Two channels: events are named.
-    let mut multi = ProxiedSse::open(n.addr, "/sub/re,other", &[("Last-Event-ID", &ids[2])]);
-    let ev = multi.event(5 * SEC);
+    let mut multi = Sse::open(n.addr, "/sub/re,other", &[("Last-Event-ID", &ids[2])]);
+    let ev = multi.event_within(5 * SEC);
     assert_eq!(ev.id(), Some(id.as_str()), "{}", ev.raw);
     assert_eq!(ev.event(), Some("re"), "{}", ev.raw);
 }
@@ -252,10 +253,12 @@ fn sse_resumes_from_last_event_id_through_nginx() {
 #[test]
 fn sse_heartbeats_reach_the_client_through_nginx() {
     let (s, n) = start(&["--sse-heartbeat", "1"]);
-    let mut sse = ProxiedSse::open(n.addr, "/sub/hb", &[]);
+    let mut sse = Sse::open(n.addr, "/sub/hb", &[]);
     wait_stat(s.admin, "sse_streams", 1, 5 * SEC);
     let t = Instant::now();
-    let blocks = sse.blocks_for(Duration::from_millis(3500));
+    let blocks = sse
+        .blocks_for(Duration::from_millis(3500))
+        .unwrap_or_else(|e| panic!("stream failed: {e}"));
     assert!(blocks.is_empty(), "no events were published: {blocks:?}");
     let beats: Vec<Duration> = sse.comments.iter().map(|(at, _)| *at - t).collect();
     assert!(
@@ -283,7 +286,7 @@ fn sse_heartbeats_reach_the_client_through_nginx() {
 fn sigterm_reaches_parked_polls_through_nginx_as_503_with_retry_after() {
     let (mut s, n) = start(&[]);
     let mut c = park(n.addr, "/sub/bye?timeout=60");
-    let mut sse = ProxiedSse::open(n.addr, "/sub/bye", &[]);
+    let mut sse = Sse::open(n.addr, "/sub/bye", &[]);
     wait_stat(s.admin, "parked", 1, 5 * SEC);
     wait_stat(s.admin, "sse_streams", 1, 5 * SEC);
     s.terminate();
@@ -550,11 +553,7 @@ fn held_poll_cost_through_nginx() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2000);
-    let limit = holdfast::sys::raise_fd_limit().expect("raise the open-file limit");
-    assert!(
-        limit >= held as u64 + 200,
-        "open-file limit {limit} is too low for {held} client sockets"
-    );
+    raise_fd_limit_for(held);
     let (s, n) = start(&[]);
     let workers = n.workers();
     // Warm up: one request per worker's pools before the baseline.
@@ -642,247 +641,5 @@ fn held_poll_cost_through_nginx() {
             .read_response()
             .unwrap_or_else(|e| panic!("held poll {i}: {e}"));
         assert_eq!(assert_delivery(&r, "cost", b"done"), id);
-    }
-}
-
-// ---------------------------------------------------------------------------------
-// An event-stream client that reads nginx's chunked framing
-// ---------------------------------------------------------------------------------
-
-/// An event stream read through nginx. The server's stream is close-delimited; nginx
-/// re-frames it for an HTTP/1.1 client as `Transfer-Encoding: chunked`, so the body is
-/// de-chunked here before it is split into event blocks (as a browser does).
-struct ProxiedSse {
-    stream: TcpStream,
-    head: Response,
-    chunked: bool,
-    /// Bytes received and not yet de-chunked.
-    raw: Vec<u8>,
-    /// De-chunked body not yet split into lines.
-    body: Vec<u8>,
-    /// Bytes of the current chunk still to come.
-    chunk_left: usize,
-    /// The terminating zero-size chunk (or close) was seen.
-    ended: bool,
-    partial: String,
-    comments: Vec<(Instant, String)>,
-}
-
-impl ProxiedSse {
-    /// Opens `path` as an event stream through `addr`, asserting a 200
-    /// `text/event-stream` whose body starts with the `retry:` preamble.
-    fn open(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> ProxiedSse {
-        let mut stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT).expect("connect nginx");
-        stream.set_nodelay(true).expect("nodelay");
-        stream
-            .write_all(&sse_request_bytes(path, headers))
-            .expect("send");
-        let deadline = Instant::now() + IO_TIMEOUT;
-        let mut raw = Vec::new();
-        let head_end = loop {
-            if let Some(i) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            assert!(!left.is_zero(), "no response head within {IO_TIMEOUT:?}");
-            stream.set_read_timeout(Some(left)).expect("timeout");
-            let mut chunk = [0u8; 4096];
-            match stream.read(&mut chunk) {
-                Ok(0) => panic!(
-                    "closed before the head: {:?}",
-                    String::from_utf8_lossy(&raw)
-                ),
-                Ok(k) => raw.extend_from_slice(&chunk[..k]),
-                Err(e) => panic!("reading the head: {e}"),
-            }
-        };
-        let text = String::from_utf8_lossy(&raw[..head_end]).into_owned();
-        raw.drain(..head_end + 4);
-        let mut lines = text.split("\r\n");
-        let status_line = lines.next().unwrap_or_default();
-        let status = status_line
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
-        let headers = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(n, v)| (n.to_string(), v.trim().to_string()))
-            .collect();
-        let head = Response {
-            version: "HTTP/1.1".into(),
-            status,
-            reason: String::new(),
-            headers,
-            body: Vec::new(),
-        };
-        assert_eq!(head.status, 200, "{}", head.brief());
-        assert_eq!(
-            head.header("content-type"),
-            Some("text/event-stream"),
-            "{}",
-            head.brief()
-        );
-        let chunked = head.has_token("transfer-encoding", "chunked");
-        let mut s = ProxiedSse {
-            stream,
-            head,
-            chunked,
-            raw,
-            body: Vec::new(),
-            chunk_left: 0,
-            ended: false,
-            partial: String::new(),
-            comments: Vec::new(),
-        };
-        let first = s
-            .next_block(Instant::now() + IO_TIMEOUT)
-            .unwrap_or_else(|e| panic!("reading the preamble: {e}"));
-        assert_eq!(first.as_deref(), Some(SSE_PREAMBLE), "stream preamble");
-        s
-    }
-
-    /// Moves what can be de-chunked from `raw` to `body`.
-    fn dechunk(&mut self) -> io::Result<()> {
-        if !self.chunked {
-            self.body.append(&mut self.raw);
-            return Ok(());
-        }
-        loop {
-            if self.ended {
-                return Ok(());
-            }
-            if self.chunk_left > 0 {
-                let take = self.chunk_left.min(self.raw.len());
-                self.body.extend(self.raw.drain(..take));
-                self.chunk_left -= take;
-                if self.chunk_left > 0 {
-                    return Ok(());
-                }
-                // Then the chunk's own CRLF, which the size line parsing skips.
-            }
-            // [CRLF] size [; ext] CRLF
-            let start = if self.raw.starts_with(b"\r\n") { 2 } else { 0 };
-            let Some(end) = self.raw[start..].windows(2).position(|w| w == b"\r\n") else {
-                return Ok(());
-            };
-            let line = String::from_utf8_lossy(&self.raw[start..start + end]).into_owned();
-            if line.is_empty() {
-                return Ok(()); // only the CRLF so far
-            }
-            let size = usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16)
-                .map_err(|_| {
-                    io::Error::new(io::ErrorKind::InvalidData, format!("chunk {line:?}"))
-                })?;
-            self.raw.drain(..start + end + 2);
-            if size == 0 {
-                self.ended = true;
-                return Ok(());
-            }
-            self.chunk_left = size;
-        }
-    }
-
-    /// A complete block from `body`, if there is one; comment lines are recorded.
-    fn take_block(&mut self) -> Option<String> {
-        while let Some(i) = self.body.iter().position(|&b| b == b'\n') {
-            let line = String::from_utf8_lossy(&self.body[..i]).into_owned();
-            self.body.drain(..=i);
-            if line.is_empty() {
-                let mut block = std::mem::take(&mut self.partial);
-                block.push('\n');
-                return Some(block);
-            }
-            if line.starts_with(':') {
-                self.comments.push((Instant::now(), line));
-                continue;
-            }
-            self.partial.push_str(&line);
-            self.partial.push('\n');
-        }
-        None
-    }
-
-    /// Ok(Some(block)), Ok(None) when `deadline` passes first, Err at end of stream.
-    fn next_block(&mut self, deadline: Instant) -> io::Result<Option<String>> {
-        loop {
-            self.dechunk()?;
-            if let Some(b) = self.take_block() {
-                return Ok(Some(b));
-            }
-            if self.ended {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!("stream ended; unfinished {:?}", self.partial),
-                ));
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Ok(None);
-            }
-            self.stream.set_read_timeout(Some(left)).expect("timeout");
-            let mut chunk = [0u8; 16 * 1024];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => {
-                    self.ended = true;
-                    if self.chunked {
-                        return Err(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            "connection closed inside a chunked body",
-                        ));
-                    }
-                }
-                Ok(k) => self.raw.extend_from_slice(&chunk[..k]),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) => {}
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
-    fn event(&mut self, within: Duration) -> SseEvent {
-        match self.next_block(Instant::now() + within) {
-            Ok(Some(b)) => SseEvent::parse(b),
-            Ok(None) => panic!(
-                "no event within {within:?}; unfinished {:?}, undecoded {:?}",
-                self.partial,
-                String::from_utf8_lossy(&self.raw)
-            ),
-            Err(e) => panic!("reading an event: {e}"),
-        }
-    }
-
-    fn blocks_for(&mut self, dur: Duration) -> Vec<String> {
-        let deadline = Instant::now() + dur;
-        let mut out = Vec::new();
-        loop {
-            match self.next_block(deadline) {
-                Ok(Some(b)) => out.push(b),
-                Ok(None) => return out,
-                Err(e) => panic!("stream failed: {e}"),
-            }
-        }
-    }
-
-    /// Ok once the body has properly ended (the zero-size chunk) within `within`.
-    fn wait_end(&mut self, within: Duration) -> Result<(), String> {
-        let deadline = Instant::now() + within;
-        loop {
-            match self.next_block(deadline) {
-                Ok(Some(_)) => {}
-                Ok(None) => return Err(format!("still open after {within:?}")),
-                Err(e) if self.ended && e.kind() == io::ErrorKind::UnexpectedEof => {
-                    return if e.to_string().contains("inside a chunked body") {
-                        Err(e.to_string())
-                    } else {
-                        Ok(())
-                    }
-                }
-                Err(e) => return Err(e.to_string()),
-            }
-        }
     }
 }

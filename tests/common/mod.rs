@@ -916,6 +916,11 @@ fn snippet(b: &[u8]) -> String {
 }
 
 /// A client reading one event stream. Every read is bounded by a deadline.
+///
+/// The server's stream is close-delimited. A proxy in front of it (nginx,
+/// tests/nginx.rs) re-frames it for an HTTP/1.1 client as `Transfer-Encoding: chunked`;
+/// when the head says so, the body is de-chunked before it is split into blocks (as a
+/// browser does), and the zero-size chunk ends the stream as a close would.
 pub struct Sse {
     pub conn: Conn,
     /// The response head (its body is empty: the stream body is read block by block).
@@ -924,17 +929,74 @@ pub struct Sse {
     pub comments: Vec<(Instant, String)>,
     /// Lines of the block being read.
     partial: String,
+    /// Set by [`Sse::read_head`] when the head says `Transfer-Encoding: chunked`.
+    chunked: Option<Dechunk>,
+}
+
+/// De-chunking state of a chunked stream: `Conn::buf` holds the bytes received, `body`
+/// what has been de-chunked and not yet split into lines.
+#[derive(Default)]
+struct Dechunk {
+    body: Vec<u8>,
+    /// Bytes of the current chunk still to come.
+    chunk_left: usize,
+    /// The zero-size chunk was seen: the stream has ended.
+    ended: bool,
+}
+
+impl Dechunk {
+    /// Moves what can be de-chunked from `raw` to `body`.
+    fn take_from(&mut self, raw: &mut Vec<u8>) -> io::Result<()> {
+        loop {
+            if self.ended {
+                return Ok(());
+            }
+            if self.chunk_left > 0 {
+                let take = self.chunk_left.min(raw.len());
+                self.body.extend(raw.drain(..take));
+                self.chunk_left -= take;
+                if self.chunk_left > 0 {
+                    return Ok(());
+                }
+                // Then the chunk's own CRLF, which the size line parsing skips.
+            }
+            // [CRLF] size [; ext] CRLF
+            let start = if raw.starts_with(b"\r\n") { 2 } else { 0 };
+            let Some(end) = find(&raw[start..], b"\r\n") else {
+                return Ok(());
+            };
+            let line = String::from_utf8_lossy(&raw[start..start + end]).into_owned();
+            if line.is_empty() {
+                return Ok(()); // only the CRLF so far
+            }
+            let size = usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16)
+                .map_err(|_| io_err(io::ErrorKind::InvalidData, format!("chunk {line:?}")))?;
+            raw.drain(..start + end + 2);
+            if size == 0 {
+                self.ended = true;
+                return Ok(());
+            }
+            self.chunk_left = size;
+        }
+    }
 }
 
 impl Sse {
     /// Sends the stream request on `conn` without reading anything.
     pub fn begin(mut conn: Conn, path: &str, headers: &[(&str, &str)]) -> Sse {
         conn.send(&sse_request_bytes(path, headers));
+        Sse::requested(conn)
+    }
+
+    /// A reader for `conn`, on which the stream request ([`sse_request_bytes`]) has
+    /// already been sent (e.g. by [`connect_many`]).
+    pub fn requested(conn: Conn) -> Sse {
         Sse {
             conn,
             head: None,
             comments: Vec::new(),
             partial: String::new(),
+            chunked: None,
         }
     }
 
@@ -991,6 +1053,9 @@ impl Sse {
             headers,
             body: Vec::new(),
         };
+        if resp.has_token("transfer-encoding", "chunked") {
+            self.chunked = Some(Dechunk::default());
+        }
         self.head = Some(resp.clone());
         Ok(resp)
     }
@@ -1010,16 +1075,31 @@ impl Sse {
         }
     }
 
-    /// Takes complete lines from the buffer; returns a block once a blank line ends it.
+    /// The body bytes received and not yet split into lines.
+    fn unread(&self) -> &[u8] {
+        match &self.chunked {
+            Some(d) => &d.body,
+            None => &self.conn.buf,
+        }
+    }
+
+    /// Takes complete lines from the body; returns a block once a blank line ends it.
     /// Comment lines are recorded in `comments` and left out of blocks.
-    fn take_block(&mut self) -> Option<String> {
-        while let Some(i) = self.conn.buf.iter().position(|&b| b == b'\n') {
-            let line = String::from_utf8_lossy(&self.conn.buf[..i]).into_owned();
-            self.conn.buf.drain(..=i);
+    fn take_block(&mut self) -> io::Result<Option<String>> {
+        let body = match &mut self.chunked {
+            Some(d) => {
+                d.take_from(&mut self.conn.buf)?;
+                &mut d.body
+            }
+            None => &mut self.conn.buf,
+        };
+        while let Some(i) = body.iter().position(|&b| b == b'\n') {
+            let line = String::from_utf8_lossy(&body[..i]).into_owned();
+            body.drain(..=i);
             if line.is_empty() {
                 let mut block = std::mem::take(&mut self.partial);
                 block.push('\n');
-                return Some(block);
+                return Ok(Some(block));
             }
             if line.starts_with(':') {
                 self.comments.push((Instant::now(), line));
@@ -1028,31 +1108,36 @@ impl Sse {
             self.partial.push_str(&line);
             self.partial.push('\n');
         }
-        None
+        Ok(None)
     }
 
-    /// Reads until a block is complete or `deadline` passes (Ok(None)). End of stream is
-    /// an `UnexpectedEof` error naming what was left unfinished.
+    /// Reads until a block is complete or `deadline` passes (Ok(None)). End of stream
+    /// (a close, or a chunked stream's zero-size chunk) is an `UnexpectedEof` error
+    /// naming what was left unfinished.
     pub fn poll_block(&mut self, deadline: Instant) -> io::Result<Option<String>> {
         loop {
-            if let Some(block) = self.take_block() {
+            if let Some(block) = self.take_block()? {
                 return Ok(Some(block));
             }
-            match self.fill_until(deadline) {
-                Ok(0) => {
-                    return Err(io_err(
-                        io::ErrorKind::UnexpectedEof,
-                        format!(
-                            "stream closed; unfinished block {}, unfinished line {}",
-                            snippet(self.partial.as_bytes()),
-                            snippet(&self.conn.buf)
-                        ),
-                    ))
+            let end = if self.chunked.as_ref().is_some_and(|d| d.ended) {
+                "stream ended (zero-size chunk)"
+            } else {
+                match self.fill_until(deadline) {
+                    Ok(0) if self.chunked.is_some() => "connection closed inside a chunked body",
+                    Ok(0) => "stream closed",
+                    Ok(_) => continue,
+                    Err(e) if e.kind() == io::ErrorKind::TimedOut => return Ok(None),
+                    Err(e) => return Err(e),
                 }
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::TimedOut => return Ok(None),
-                Err(e) => return Err(e),
-            }
+            };
+            return Err(io_err(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "{end}; unfinished block {}, unfinished line {}",
+                    snippet(self.partial.as_bytes()),
+                    snippet(self.unread())
+                ),
+            ));
         }
     }
 
@@ -1066,7 +1151,7 @@ impl Sse {
                     "no complete event within {within:?}; unfinished block {}, \
                      unfinished line {}",
                     snippet(self.partial.as_bytes()),
-                    snippet(&self.conn.buf)
+                    snippet(self.unread())
                 ),
             )),
         }
@@ -1084,7 +1169,13 @@ impl Sse {
 
     /// The next event, panicking on timeout or end of stream.
     pub fn event(&mut self) -> SseEvent {
-        SseEvent::parse(self.block())
+        self.event_within(IO_TIMEOUT)
+    }
+
+    /// The next event within `within`, panicking on timeout or end of stream.
+    pub fn event_within(&mut self, within: Duration) -> SseEvent {
+        self.next_event(within)
+            .unwrap_or_else(|e| panic!("reading an event: {e}"))
     }
 
     /// Every block that completes within `dur` (comments are recorded meanwhile).
@@ -1106,9 +1197,29 @@ impl Sse {
         }
     }
 
-    /// Waits up to `within` for the server to close the stream; Ok(the bytes that came
-    /// after the last complete block, including any unfinished block) or Err if it
-    /// stayed open.
+    /// Waits up to `within` for the stream to end properly, skipping any events: the
+    /// zero-size chunk of a chunked stream, the close of a close-delimited one. Err says
+    /// what happened instead (still open, closed inside a chunk, a framing error).
+    pub fn wait_end(&mut self, within: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + within;
+        loop {
+            match self.poll_block(deadline) {
+                Ok(Some(_)) => {}
+                Ok(None) => return Err(format!("still open after {within:?}")),
+                Err(e)
+                    if e.kind() == io::ErrorKind::UnexpectedEof
+                        && self.chunked.as_ref().is_none_or(|d| d.ended) =>
+                {
+                    return Ok(())
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    }
+
+    /// Waits up to `within` for the server to close a close-delimited stream; Ok(the
+    /// bytes that came after the last complete block, including any unfinished block)
+    /// or Err if it stayed open.
     pub fn wait_eof(&mut self, within: Duration) -> Result<Vec<u8>, String> {
         let mut rest = std::mem::take(&mut self.partial).into_bytes();
         let more = self.conn.wait_closed(within)?;
@@ -1585,6 +1696,42 @@ pub fn connect_from(source: std::net::Ipv4Addr, to: SocketAddr) -> io::Result<Tc
 /// The `i`-th of `n` source addresses 127.0.0.2, 127.0.0.3, …
 pub fn source_addr(i: usize, n: u8) -> std::net::Ipv4Addr {
     std::net::Ipv4Addr::new(127, 0, 0, 2 + (i % n as usize) as u8)
+}
+
+/// Raises this process's open-file limit to its hard limit (server children started
+/// afterwards inherit it) and asserts it leaves room for `sockets` client sockets plus
+/// 200 for everything else.
+pub fn raise_fd_limit_for(sockets: usize) {
+    let limit = holdfast::sys::raise_fd_limit().expect("raise the open-file limit");
+    assert!(
+        limit >= sockets as u64 + 200,
+        "open-file limit {limit} is too low for {sockets} client sockets"
+    );
+}
+
+/// Opens `n` connections to `to`, the `i`-th from [`source_addr`]`(i, sources)`, and
+/// sends `request` on each without reading anything. Panics naming the connection that
+/// failed, or if opening them takes longer than 120 s.
+///
+/// For the tests that hold thousands of sockets: spread over several source addresses,
+/// they do not use up one address's ephemeral port range (~28,000).
+pub fn connect_many(to: SocketAddr, n: usize, sources: u8, request: &[u8]) -> Vec<Conn> {
+    let t = Instant::now();
+    let mut conns = Vec::with_capacity(n);
+    for i in 0..n {
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "only {i} connections opened in 120 s"
+        );
+        let source = source_addr(i, sources);
+        let stream = connect_from(source, to)
+            .unwrap_or_else(|e| panic!("connection {i} from {source}: {e}"));
+        let mut c = Conn::from_stream(stream);
+        c.try_send(request)
+            .unwrap_or_else(|e| panic!("request on connection {i}: {e}"));
+        conns.push(c);
+    }
+    conns
 }
 
 /// Closes `stream` with a reset (`SO_LINGER` 0) instead of a FIN.

@@ -143,15 +143,55 @@ fn notes_of(r: &Row) -> String {
     }
 }
 
-fn table(out: &mut String, head: &[&str], lines: Vec<Vec<String>>) {
-    let _ = writeln!(out, "| {} |", head.join(" | "));
-    let _ = writeln!(
-        out,
-        "|{}|",
-        head.iter().map(|_| "---").collect::<Vec<_>>().join("|")
-    );
-    for l in lines {
-        let _ = writeln!(out, "| {} |", l.join(" | "));
+/// What a table column shows of a row.
+#[derive(Clone, Copy)]
+enum Cell {
+    Server,
+    /// The N asked of the stress tool, digits grouped.
+    Connections,
+    /// A metric to this many decimals ([`num`]).
+    Num(&'static str, usize),
+    /// A metric in bytes, as MiB.
+    Mib(&'static str),
+    /// A metric in µs, as ms.
+    Ms(&'static str),
+    Notes,
+}
+
+impl Cell {
+    fn of(self, r: &Row) -> String {
+        match self {
+            Cell::Server => r.server.clone(),
+            Cell::Connections => group(r.connections as i64),
+            Cell::Num(k, decimals) => num(r.get(k), decimals),
+            Cell::Mib(k) => mib(r.get(k)),
+            Cell::Ms(k) => ms(r.get(k)),
+            Cell::Notes => notes_of(r),
+        }
+    }
+}
+
+/// The memory columns of scenarios 1 and 5, one measurement in both
+/// (`scenarios::held_memory`).
+const MEMORY_COLUMNS: [(&str, Cell); 5] = [
+    ("RSS growth (MiB)", Cell::Mib("rss_delta_bytes")),
+    ("RSS B/conn", Cell::Num("rss_per_conn_bytes", 0)),
+    ("Private B/conn", Cell::Num("private_per_conn_bytes", 0)),
+    (
+        "kernel Slab B/conn (2 sockets)",
+        Cell::Num("slab_per_conn_bytes", 0),
+    ),
+    ("TCP sockets Δ", Cell::Num("tcp_inuse_delta", 0)),
+];
+
+/// A markdown table with one line per row: each column a heading and what it shows.
+fn table(out: &mut String, rows: &[&Row], columns: &[(&str, Cell)]) {
+    let heads: Vec<&str> = columns.iter().map(|(h, _)| *h).collect();
+    let _ = writeln!(out, "| {} |", heads.join(" | "));
+    let _ = writeln!(out, "|{}|", vec!["---"; columns.len()].join("|"));
+    for r in rows {
+        let cells: Vec<String> = columns.iter().map(|(_, c)| c.of(r)).collect();
+        let _ = writeln!(out, "| {} |", cells.join(" | "));
     }
     out.push('\n');
 }
@@ -217,41 +257,21 @@ pub fn markdown(meta: &Meta, rows: &[Row], plots: &[&str]) -> String {
              machine did meanwhile. TCP sockets Δ (machine-wide, `/proc/net/sockstat` inuse) is \
              the check: it should be 2 × held; when it is far off, the Slab figure is flagged.\n"
         );
-        let lines = idle
-            .iter()
-            .map(|r| {
-                vec![
-                    r.server.clone(),
-                    group(r.connections as i64),
-                    num(r.get("held"), 0),
-                    mib(r.get("rss_before_bytes")),
-                    mib(r.get("rss_delta_bytes")),
-                    num(r.get("rss_per_conn_bytes"), 0),
-                    num(r.get("private_per_conn_bytes"), 0),
-                    num(r.get("slab_per_conn_bytes"), 0),
-                    num(r.get("tcp_inuse_delta"), 0),
-                    mib(r.get("master_rss_bytes")),
-                    notes_of(r),
-                ]
-            })
-            .collect();
-        table(
-            &mut o,
+        let columns = [
             &[
-                "server",
-                "N",
-                "held",
-                "RSS at start (MiB)",
-                "RSS growth (MiB)",
-                "RSS B/conn",
-                "Private B/conn",
-                "kernel Slab B/conn (2 sockets)",
-                "TCP sockets Δ",
-                "nginx master RSS (MiB)",
-                "notes",
+                ("server", Cell::Server),
+                ("N", Cell::Connections),
+                ("held", Cell::Num("held", 0)),
+                ("RSS at start (MiB)", Cell::Mib("rss_before_bytes")),
+            ][..],
+            &MEMORY_COLUMNS,
+            &[
+                ("nginx master RSS (MiB)", Cell::Mib("master_rss_bytes")),
+                ("notes", Cell::Notes),
             ],
-            lines,
-        );
+        ]
+        .concat();
+        table(&mut o, &idle, &columns);
         if plots.contains(&"idle_memory.svg") {
             let _ = writeln!(o, "![memory vs connections](idle_memory.svg)\n");
         }
@@ -273,44 +293,30 @@ pub fn markdown(meta: &Meta, rows: &[Row], plots: &[&str]) -> String {
              it arrives before the window ends. Latency: publish sent → message received, measured \
              by the stress tool. Wall time to the last receipt = max latency.\n"
         );
-        let lines = fan
-            .iter()
-            .map(|r| {
-                vec![
-                    r.server.clone(),
-                    group(r.connections as i64),
-                    num(r.get("held"), 0),
-                    num(r.get("received"), 0),
-                    num(r.get("lost"), 0),
-                    num(r.get("cpu_per_delivery_us"), 2),
-                    num(r.get("cpu_ticks_per_delivery_us"), 2),
-                    num(r.get("wall_to_last_ms"), 2),
-                    ms(r.get("latency_p50_us")),
-                    ms(r.get("latency_p99_us")),
-                    ms(r.get("latency_p999_us")),
-                    ms(r.get("latency_max_us")),
-                    notes_of(r),
-                ]
-            })
-            .collect();
         table(
             &mut o,
+            &fan,
             &[
-                "server",
-                "N",
-                "held",
-                "received",
-                "lost",
-                "CPU µs/delivery (schedstat)",
-                "CPU µs/delivery (utime+stime)",
-                "wall to last receipt (ms)",
-                "p50 (ms)",
-                "p99 (ms)",
-                "p99.9 (ms)",
-                "max (ms)",
-                "notes",
+                ("server", Cell::Server),
+                ("N", Cell::Connections),
+                ("held", Cell::Num("held", 0)),
+                ("received", Cell::Num("received", 0)),
+                ("lost", Cell::Num("lost", 0)),
+                (
+                    "CPU µs/delivery (schedstat)",
+                    Cell::Num("cpu_per_delivery_us", 2),
+                ),
+                (
+                    "CPU µs/delivery (utime+stime)",
+                    Cell::Num("cpu_ticks_per_delivery_us", 2),
+                ),
+                ("wall to last receipt (ms)", Cell::Num("wall_to_last_ms", 2)),
+                ("p50 (ms)", Cell::Ms("latency_p50_us")),
+                ("p99 (ms)", Cell::Ms("latency_p99_us")),
+                ("p99.9 (ms)", Cell::Ms("latency_p999_us")),
+                ("max (ms)", Cell::Ms("latency_max_us")),
+                ("notes", Cell::Notes),
             ],
-            lines,
         );
         if plots.contains(&"fanout_latency.svg") {
             let _ = writeln!(o, "![fan-out latency](fanout_latency.svg)\n");
@@ -335,40 +341,25 @@ pub fn markdown(meta: &Meta, rows: &[Row], plots: &[&str]) -> String {
              the figure that describes the server.\n",
             p.cycle_interval_ms
         );
-        let lines = cyc
-            .iter()
-            .map(|r| {
-                vec![
-                    r.server.clone(),
-                    group(r.connections as i64),
-                    num(r.get("messages"), 0),
-                    num(r.get("received"), 0),
-                    num(r.get("lost"), 0),
-                    num(r.get("window_ms"), 1),
-                    num(r.get("deliveries_per_sec"), 0),
-                    num(r.get("deliveries_per_cpu_sec"), 0),
-                    num(r.get("cpu_percent"), 0),
-                    ms(r.get("latency_p99_us")),
-                    notes_of(r),
-                ]
-            })
-            .collect();
         table(
             &mut o,
+            &cyc,
             &[
-                "server",
-                "M",
-                "K",
-                "deliveries",
-                "lost",
-                "window (ms)",
-                "deliveries/s",
-                "deliveries per CPU-second",
-                "server CPU %",
-                "p99 (ms)",
-                "notes",
+                ("server", Cell::Server),
+                ("M", Cell::Connections),
+                ("K", Cell::Num("messages", 0)),
+                ("deliveries", Cell::Num("received", 0)),
+                ("lost", Cell::Num("lost", 0)),
+                ("window (ms)", Cell::Num("window_ms", 1)),
+                ("deliveries/s", Cell::Num("deliveries_per_sec", 0)),
+                (
+                    "deliveries per CPU-second",
+                    Cell::Num("deliveries_per_cpu_sec", 0),
+                ),
+                ("server CPU %", Cell::Num("cpu_percent", 0)),
+                ("p99 (ms)", Cell::Ms("latency_p99_us")),
+                ("notes", Cell::Notes),
             ],
-            lines,
         );
     }
 
@@ -381,32 +372,18 @@ pub fn markdown(meta: &Meta, rows: &[Row], plots: &[&str]) -> String {
              and utime+stime ticks). No poll times out inside the window (poll timeout {} s).\n",
             crate::server::POLL_TIMEOUT_SECS
         );
-        let lines = icpu
-            .iter()
-            .map(|r| {
-                vec![
-                    r.server.clone(),
-                    num(r.get("held"), 0),
-                    num(r.get("window_secs"), 1),
-                    num(r.get("cpu_ms"), 2),
-                    num(r.get("cpu_ticks"), 0),
-                    num(r.get("cpu_percent"), 3),
-                    notes_of(r),
-                ]
-            })
-            .collect();
         table(
             &mut o,
+            &icpu,
             &[
-                "server",
-                "held",
-                "window (s)",
-                "CPU (ms)",
-                "CPU (ticks)",
-                "CPU %",
-                "notes",
+                ("server", Cell::Server),
+                ("held", Cell::Num("held", 0)),
+                ("window (s)", Cell::Num("window_secs", 1)),
+                ("CPU (ms)", Cell::Num("cpu_ms", 2)),
+                ("CPU (ticks)", Cell::Num("cpu_ticks", 0)),
+                ("CPU %", Cell::Num("cpu_percent", 3)),
+                ("notes", Cell::Notes),
             ],
-            lines,
         );
     }
 
@@ -424,43 +401,22 @@ pub fn markdown(meta: &Meta, rows: &[Row], plots: &[&str]) -> String {
              connection). After the hold, one message is published through every admin address; \
              lost is the stress tool's count.\n"
         );
-        let lines = sc
-            .iter()
-            .map(|r| {
-                vec![
-                    num(r.get("server_processes"), 0),
-                    group(r.connections as i64),
-                    num(r.get("held"), 0),
-                    mib(r.get("rss_delta_bytes")),
-                    num(r.get("rss_per_conn_bytes"), 0),
-                    num(r.get("private_per_conn_bytes"), 0),
-                    num(r.get("slab_per_conn_bytes"), 0),
-                    num(r.get("tcp_inuse_delta"), 0),
-                    num(r.get("received"), 0),
-                    num(r.get("lost"), 0),
-                    ms(r.get("latency_max_us")),
-                    notes_of(r),
-                ]
-            })
-            .collect();
-        table(
-            &mut o,
+        let columns = [
             &[
-                "processes",
-                "N",
-                "held",
-                "RSS growth (MiB)",
-                "RSS B/conn",
-                "Private B/conn",
-                "kernel Slab B/conn (2 sockets)",
-                "TCP sockets Δ",
-                "received",
-                "lost",
-                "max latency (ms)",
-                "notes",
+                ("processes", Cell::Num("server_processes", 0)),
+                ("N", Cell::Connections),
+                ("held", Cell::Num("held", 0)),
+            ][..],
+            &MEMORY_COLUMNS,
+            &[
+                ("received", Cell::Num("received", 0)),
+                ("lost", Cell::Num("lost", 0)),
+                ("max latency (ms)", Cell::Ms("latency_max_us")),
+                ("notes", Cell::Notes),
             ],
-            lines,
-        );
+        ]
+        .concat();
+        table(&mut o, &sc, &columns);
     }
     o
 }

@@ -122,16 +122,16 @@ impl Row {
             // No latency was recorded when nothing was received (or the stress tool's
             // workers did not report their histograms): absent, not zero.
             if s.latency_us.count > 0 {
-                self.set("latency_p50_us", s.latency_us.p50);
-                self.set("latency_p99_us", s.latency_us.p99);
-                self.set("latency_p999_us", s.latency_us.p999);
-                self.set("latency_max_us", s.latency_us.max);
+                self.set("latency_p50_us", s.latency_us.p50 as f64);
+                self.set("latency_p99_us", s.latency_us.p99 as f64);
+                self.set("latency_p999_us", s.latency_us.p999 as f64);
+                self.set("latency_max_us", s.latency_us.max as f64);
             } else if s.received > 0 {
                 self.notes
                     .push("the stress tool reported no latency histogram".into());
             }
             self.set("ramp_secs", s.ramp_secs);
-            let errs = s.errors_text();
+            let errs = stress::errors_text(s);
             if errs != "none" {
                 self.notes.push(format!("stress errors: {errs}"));
             }
@@ -218,7 +218,7 @@ fn finish_stress(mut p: Proc, json: &Path, limit: Duration) -> StressEnd {
         Some(_) => None,
     };
     drop(p);
-    let summary = match Summary::read(json) {
+    let summary = match stress::read_summary(json) {
         Ok(s) => Some(s),
         Err(e) => {
             let n = format!("no stress summary: {e}");
@@ -318,26 +318,49 @@ pub fn idle_hold(env: &Env, kind: Kind, p: &Params) -> Vec<io::Result<Row>> {
         .collect()
 }
 
-fn idle_hold_one(env: &Env, kind: Kind, p: &Params, n: u64) -> io::Result<Row> {
-    let tag = format!("idle-{n}");
-    let server = env.start(kind, p.threads, &tag)?;
-    let mut row = Row::new(Scenario::Idle, kind.name(), n);
+/// The measurement of scenarios 1 and 5: memory of `servers` from just before the
+/// stress tool starts `run` to `settle_ms` after its connections are held (or the ramp
+/// gave up), into `row`. Returns the stress tool, still holding the connections.
+fn held_memory(
+    env: &Env,
+    servers: &[&Server],
+    row: &mut Row,
+    run: &mut stress::Run,
+    tag: &str,
+    p: &Params,
+) -> io::Result<(Proc, PathBuf)> {
+    let n = run.connections;
     std::thread::sleep(Duration::from_millis(200));
-    let before = Snap::take(&[&server])?;
-    let mut run = env.stress_run(&[&server], n, "idle", p);
-    run.hold = Duration::from_millis(p.settle_ms + 1500);
-    let (mut sp, json) = env.spawn_stress(&mut run, &format!("{}-{tag}", kind.name()))?;
-    let h = wait_held(&[&server], &mut sp, n, ramp_limit(n, p))?;
+    let before = Snap::take(servers)?;
+    let (mut sp, json) = env.spawn_stress(run, tag)?;
+    let h = wait_held(servers, &mut sp, n, ramp_limit(n, p))?;
     std::thread::sleep(Duration::from_millis(p.settle_ms));
-    let after = Snap::take(&[&server])?;
-    let h1 = held(&[&server])?;
+    let after = Snap::take(servers)?;
+    let h1 = held(servers)?;
     if h < n {
         row.notes
             .push(format!("only {h} of {n} held when measured"));
     }
     let held_n = h1 as f64;
     row.set("held", held_n);
-    memory_metrics(&mut row, &before, &after, held_n);
+    memory_metrics(row, &before, &after, held_n);
+    Ok((sp, json))
+}
+
+fn idle_hold_one(env: &Env, kind: Kind, p: &Params, n: u64) -> io::Result<Row> {
+    let tag = format!("idle-{n}");
+    let server = env.start(kind, p.threads, &tag)?;
+    let mut row = Row::new(Scenario::Idle, kind.name(), n);
+    let mut run = env.stress_run(&[&server], n, "idle", p);
+    run.hold = Duration::from_millis(p.settle_ms + 1500);
+    let (sp, json) = held_memory(
+        env,
+        &[&server],
+        &mut row,
+        &mut run,
+        &format!("{}-{tag}", kind.name()),
+        p,
+    )?;
     if let Some(m) = server.master_mem() {
         row.set("master_rss_bytes", m.rss as f64);
         row.set("master_private_bytes", m.private as f64);
@@ -409,6 +432,56 @@ fn sample_until_exit(
     }
 }
 
+/// The CPU samples scenarios 2 and 3 measure over.
+struct PublishWindow {
+    /// Taken just before the status request that first saw a publish, so the window
+    /// contains the whole publish.
+    start: Sample,
+    /// When that request saw it.
+    seen: Instant,
+    /// From then until the stress tool exited.
+    samples: Vec<Sample>,
+}
+
+/// Runs `run` (which publishes) against `server`: waits until its connections are held
+/// (`held` in `row`) and for the first publish, samples the server's CPU every `every`
+/// until the stress tool exits, and takes its summary into `row`. None, noted in `row`,
+/// if no publish was seen on the server's counters.
+fn publish_window(
+    env: &Env,
+    server: &Server,
+    row: &mut Row,
+    run: &mut stress::Run,
+    tag: &str,
+    every: Duration,
+    p: &Params,
+) -> io::Result<Option<PublishWindow>> {
+    let n = run.connections;
+    let (mut sp, json) = env.spawn_stress(run, tag)?;
+    let h = wait_held(&[server], &mut sp, n, ramp_limit(n, p))?;
+    row.set("held", h as f64);
+    let published0 = server.status()?.published;
+    let found = wait_publish(
+        server,
+        &mut sp,
+        published0,
+        run.hold + Duration::from_secs(10),
+    )?;
+    let samples = sample_until_exit(server, &mut sp, every, run.max_time)?;
+    let end = finish_stress(sp, &json, run.max_time);
+    row.take_summary(&end);
+    let Some((start, seen)) = found else {
+        row.notes
+            .push("no publish was seen on the server's counters".into());
+        return Ok(None);
+    };
+    Ok(Some(PublishWindow {
+        start,
+        seen,
+        samples,
+    }))
+}
+
 /// Scenario 2: one publish to N subscribers of one channel.
 pub fn fanout(env: &Env, kind: Kind, p: &Params) -> io::Result<Row> {
     let n = p.fanout_n;
@@ -417,27 +490,19 @@ pub fn fanout(env: &Env, kind: Kind, p: &Params) -> io::Result<Row> {
     let mut run = env.stress_run(&[&server], n, "fanout", p);
     run.hold = Duration::from_millis(p.settle_ms + 1000);
     run.publish = 1;
-    let (mut sp, json) = env.spawn_stress(&mut run, &format!("{}-fanout", kind.name()))?;
-    let h = wait_held(&[&server], &mut sp, n, ramp_limit(n, p))?;
-    row.set("held", h as f64);
-    let published0 = server.status()?.published;
-    let found = wait_publish(
-        &server,
-        &mut sp,
-        published0,
-        run.hold + Duration::from_secs(10),
-    )?;
-    let samples = sample_until_exit(&server, &mut sp, Duration::from_millis(1), run.max_time)?;
-    let end = finish_stress(sp, &json, run.max_time);
-    row.take_summary(&end);
-    let Some((start, seen)) = found else {
-        row.notes
-            .push("the publish was never seen on the server's counters".into());
+    let tag = format!("{}-fanout", kind.name());
+    let every = Duration::from_millis(1);
+    let Some(PublishWindow {
+        start,
+        seen,
+        samples,
+    }) = publish_window(env, &server, &mut row, &mut run, &tag, every, p)?
+    else {
         return Ok(row);
     };
     // The last receipt happened at most `latency max` after the publish, which itself
-    // happened before `seen`.
-    let max_us = end.summary.as_ref().map_or(0.0, |s| s.latency_us.max);
+    // happened before `seen` (0 when the stress tool reported no latency).
+    let max_us = row.get("latency_max_us").unwrap_or(0.0);
     let t_end = seen + Duration::from_secs_f64(max_us / 1e6);
     let last = samples
         .iter()
@@ -473,22 +538,11 @@ pub fn poll_cycle(env: &Env, kind: Kind, p: &Params) -> io::Result<Row> {
     run.hold = Duration::from_millis(p.settle_ms + 1000);
     run.publish = p.cycle_k;
     run.publish_interval = Some(Duration::from_millis(p.cycle_interval_ms));
-    let (mut sp, json) = env.spawn_stress(&mut run, &format!("{}-cycle", kind.name()))?;
-    let h = wait_held(&[&server], &mut sp, m, ramp_limit(m, p))?;
-    row.set("held", h as f64);
-    let published0 = server.status()?.published;
-    let found = wait_publish(
-        &server,
-        &mut sp,
-        published0,
-        run.hold + Duration::from_secs(10),
-    )?;
-    let samples = sample_until_exit(&server, &mut sp, Duration::from_millis(2), run.max_time)?;
-    let end = finish_stress(sp, &json, run.max_time);
-    row.take_summary(&end);
-    let Some((start, _)) = found else {
-        row.notes
-            .push("no publish was seen on the server's counters".into());
+    let tag = format!("{}-cycle", kind.name());
+    let every = Duration::from_millis(2);
+    let Some(PublishWindow { start, samples, .. }) =
+        publish_window(env, &server, &mut row, &mut run, &tag, every, p)?
+    else {
         return Ok(row);
     };
     // The delivery phase ends at the last busy sample (over 5 % of a CPU since the
@@ -584,23 +638,10 @@ pub fn scale(env: &Env, p: &Params) -> io::Result<Row> {
     let refs: Vec<&Server> = servers.iter().collect();
     let mut row = Row::new(Scenario::Scale, Kind::Holdfast.name(), n);
     row.set("server_processes", p.scale_procs as f64);
-    std::thread::sleep(Duration::from_millis(200));
-    let before = Snap::take(&refs)?;
     let mut run = env.stress_run(&refs, n, "scale", p);
     run.hold = Duration::from_millis(p.settle_ms + 2000);
     run.publish = 1;
-    let (mut sp, json) = env.spawn_stress(&mut run, "holdfast-scale")?;
-    let h = wait_held(&refs, &mut sp, n, ramp_limit(n, p))?;
-    std::thread::sleep(Duration::from_millis(p.settle_ms));
-    let after = Snap::take(&refs)?;
-    let h1 = held(&refs)?;
-    if h < n {
-        row.notes
-            .push(format!("only {h} of {n} held when measured"));
-    }
-    let held_n = h1 as f64;
-    row.set("held", held_n);
-    memory_metrics(&mut row, &before, &after, held_n);
+    let (sp, json) = held_memory(env, &refs, &mut row, &mut run, "holdfast-scale", p)?;
     let end = finish_stress(sp, &json, run.max_time + Duration::from_secs(10));
     row.take_summary(&end);
     drop(refs);

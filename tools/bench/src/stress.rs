@@ -1,11 +1,11 @@
 //! Driving the load generator, `holdfast-stress` (tools/stress), and reading its JSON
 //! summary. The harness never talks to subscribers itself: it starts the stress tool,
 //! watches the server's own counters to know when the connections are held, measures,
-//! and reads what the stress tool reports at the end.
+//! and reads what the stress tool reports at the end: its JSON summary, read with the
+//! type the stress tool writes it with ([`Summary`], from its library).
 
 use crate::procs::Proc;
-use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+pub use holdfast_stress::report::Summary;
 use std::fs;
 use std::io;
 use std::net::SocketAddr;
@@ -97,62 +97,29 @@ impl Run {
     }
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Latency {
-    pub p50: f64,
-    pub p99: f64,
-    pub p999: f64,
-    pub max: f64,
-    pub count: u64,
+/// Reads the summary the stress tool wrote to `path` (a partial one from a failed run
+/// reads too: every key is optional).
+pub fn read_summary(path: &Path) -> io::Result<Summary> {
+    let text = fs::read_to_string(path)?;
+    serde_json::from_str(&text).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{}: {e}", path.display()),
+        )
+    })
 }
 
-/// The stress tool's JSON summary (every field optional, so a partial summary from a
-/// failed run still reads).
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Summary {
-    pub connections_target: u64,
-    pub connected: u64,
-    pub held: u64,
-    pub errors: BTreeMap<String, u64>,
-    pub published: u64,
-    pub expected: u64,
-    pub received: u64,
-    pub lost: u64,
-    pub duplicates: u64,
-    pub timeouts: u64,
-    pub latency_us: Latency,
-    pub ramp_secs: f64,
-    pub elapsed_secs: f64,
-    pub procs: u64,
-    pub mode: String,
-    pub protocol: String,
-}
-
-impl Summary {
-    pub fn read(path: &Path) -> io::Result<Summary> {
-        let text = fs::read_to_string(path)?;
-        serde_json::from_str(&text).map_err(|e| {
-            io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("{}: {e}", path.display()),
-            )
-        })
+/// A summary's errors as `kind=count` pairs, or `none`.
+pub fn errors_text(s: &Summary) -> String {
+    if s.errors.values().all(|&c| c == 0) {
+        return "none".into();
     }
-
-    /// `kind=count` pairs, or `none`.
-    pub fn errors_text(&self) -> String {
-        if self.errors.values().all(|&c| c == 0) {
-            return "none".into();
-        }
-        self.errors
-            .iter()
-            .filter(|(_, &c)| c > 0)
-            .map(|(k, c)| format!("{k}={c}"))
-            .collect::<Vec<_>>()
-            .join(" ")
-    }
+    s.errors
+        .iter()
+        .filter(|(_, &c)| c > 0)
+        .map(|(k, c)| format!("{k}={c}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The stress binary: `--stress PATH`, else `holdfast-stress` beside this executable,

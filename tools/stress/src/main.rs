@@ -5,9 +5,11 @@
 //!
 //! Map: [`cli`] (flags → a plan split over worker processes) → [`run`] (the parent:
 //! phases, progress, summary) → [`worker`] (this binary again with `--worker`: one mio
-//! event loop over its share of the sockets) speaking [`http`]; [`report`] is what
-//! workers and parent exchange and the JSON summary; [`publish`] is the parent's
-//! client for the admin listeners; [`errors`] names every kind of failure counted.
+//! event loop over its share of the sockets) speaking [`http`]; [`publish`] is the
+//! parent's client for the admin listeners. In the library (src/lib.rs), which the
+//! bench harness also uses: [`holdfast_stress::report`], what workers and parent
+//! exchange and the JSON summary, and [`holdfast_stress::errors`], every kind of
+//! failure counted.
 //!
 //! Why processes: one process may hold at most ~20,000 open files on the machines this
 //! is built for, so 200,000 connections need a dozen or more clients. Why source
@@ -16,10 +18,8 @@
 #![deny(unsafe_code)]
 
 mod cli;
-mod errors;
 mod http;
 mod publish;
-mod report;
 mod run;
 mod worker;
 

@@ -7,7 +7,7 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use crate::errors;
+use holdfast_stress::errors;
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_ANSWER: u64 = 1 << 20;

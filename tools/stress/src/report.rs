@@ -75,7 +75,8 @@ pub fn merge_pairs(h: &mut Histogram<u64>, pairs: &[(u64, u64)]) {
     }
 }
 
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Latency {
     pub p50: u64,
     pub p99: u64,
@@ -99,9 +100,11 @@ impl Latency {
     }
 }
 
-/// The run summary (`--json`). The first block of keys is the contract with the bench
-/// harness; the rest are additions.
-#[derive(Clone, Debug, Default, Serialize)]
+/// The run summary (`--json`). The bench harness reads it back with this same struct;
+/// every key is optional when reading (`serde(default)`), so a partial summary from a
+/// failed run still reads.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Summary {
     pub connections_target: u64,
     pub connected: u64,
@@ -224,6 +227,33 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn summary_reads_back_whole_or_partial() {
+        let mut whole = Summary {
+            connections_target: 10,
+            held: 9,
+            latency_us: Latency {
+                p50: 7,
+                max: 90,
+                count: 9,
+                ..Latency::default()
+            },
+            held_per_target: vec![4, 5],
+            ok: true,
+            ..Summary::default()
+        };
+        whole.errors.insert("reset".into(), 1);
+        let text = serde_json::to_string(&whole).unwrap();
+        let back: Summary = serde_json::from_str(&text).unwrap();
+        assert_eq!(serde_json::to_string(&back).unwrap(), text);
+
+        // What a run cut short may leave: only some keys, some of latency's.
+        let partial: Summary =
+            serde_json::from_str(r#"{"held": 3, "latency_us": {"max": 5}}"#).unwrap();
+        assert_eq!((partial.held, partial.connected), (3, 0));
+        assert_eq!((partial.latency_us.max, partial.latency_us.count), (5, 0));
     }
 
     #[test]

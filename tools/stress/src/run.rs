@@ -23,11 +23,12 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use holdfast_stress::errors;
+use holdfast_stress::report::{self, Counts, Latency, Report, Summary};
+
 use crate::cli::{Mode, Plan, Protocol};
-use crate::errors;
 use crate::http;
 use crate::publish;
-use crate::report::{self, Counts, Latency, Report, Summary};
 use crate::worker::unix_micros;
 
 /// Longest wait for workers to answer `snapshot`.

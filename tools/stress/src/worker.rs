@@ -26,10 +26,11 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 use socket2::{Domain, SockRef, Socket, Type};
 
+use holdfast_stress::errors::{self, classify};
+use holdfast_stress::report::{self, Counts, Report};
+
 use crate::cli::{Mode, WorkerSpec};
-use crate::errors::{self, classify};
 use crate::http::{self, Chunked, Cursor, SseEvent, SseParser};
-use crate::report::{self, Counts, Report};
 
 const WAKER: Token = Token(usize::MAX);
 /// Time allowed for a handshake, and for an SSE response head.
