@@ -12,7 +12,6 @@
 //! backpressure), in which case it is read again when that ends. A stale event for a slot
 //! that was freed and reused is dropped by the generation in its token.
 
-use std::fs::File;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
@@ -85,8 +84,6 @@ pub struct Worker {
     notes: Vec<Note>,
     /// Connections released by a delivery whose pipelined input must be handled.
     resume: Vec<(u32, u32)>,
-    /// Held so that on `EMFILE` we can close it, accept, refuse politely, and reopen.
-    spare_fd: Option<File>,
     keys: [ChannelKey; pubsub::MAX_CHANNELS_PER_SUB],
     next_sweep: u64,
     shutting_down: Option<u64>,
@@ -135,7 +132,6 @@ impl Worker {
             next_gen: 1,
             notes: Vec::new(),
             resume: Vec::new(),
-            spare_fd: File::open("/dev/null").ok(),
             keys: [0; pubsub::MAX_CHANNELS_PER_SUB],
             next_sweep: now + 1000,
             shutting_down: None,
@@ -219,36 +215,42 @@ impl Worker {
 
     fn accept(&mut self, t: Token) {
         let admin = t == LISTEN_ADMIN;
-        if self.spare_fd.is_none() {
-            // Lost to another worker last time descriptors ran out; take it back now.
-            self.spare_fd = File::open("/dev/null").ok();
-        }
+        let shared = Arc::clone(&self.shared);
+        // Lost to another worker's accept last time descriptors ran out: take it back.
+        shared.reserve.check();
         loop {
             let Some(idx) = self.listeners.iter().position(|(lt, _)| *lt == t) else {
                 return;
             };
             match self.listeners[idx].1.accept() {
-                Ok((stream, _)) => self.admit(stream.into(), admin),
+                Ok((stream, _)) => {
+                    if shared.reserve.check() {
+                        self.admit(stream.into(), admin);
+                    } else {
+                        // This connection holds the reserve's descriptor (src/reserve.rs).
+                        self.refuse(stream.into());
+                        shared.reserve.refill();
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
-                    // Out of descriptors: free our spare, take the connection off the
-                    // queue, refuse it, and re-arm the spare. Without this the queue
-                    // stays full and, level or edge, we would spin or stall.
-                    // accept4 reports EMFILE before it looks at the queue, so a freed
-                    // spare that takes nothing (queue empty, or another worker won the
-                    // race for the descriptor) must end the loop, or it spins.
-                    self.spare_fd = None;
-                    let took = match self.listeners[idx].1.accept() {
-                        Ok((s, _)) => {
-                            // Answered and closed, so its descriptor is free for the spare.
-                            self.refuse(s.into());
-                            true
-                        }
-                        Err(_) => false,
-                    };
-                    self.spare_fd = File::open("/dev/null").ok();
-                    if !took || self.spare_fd.is_none() {
+                    // Out of descriptors: spend the reserve to take one connection off
+                    // the queue and refuse it. Without this the queue stays full and,
+                    // level or edge, we would spin or stall. accept4 reports EMFILE
+                    // before it looks at the queue, so a spent reserve that took
+                    // nothing (queue empty, or another worker won the race for the
+                    // descriptor) must end the loop, or it spins.
+                    let took = shared
+                        .reserve
+                        .spend(|| match self.listeners[idx].1.accept() {
+                            Ok((s, _)) => {
+                                self.refuse(s.into());
+                                true
+                            }
+                            Err(_) => false,
+                        });
+                    if took != Some(true) || !shared.reserve.is_full() {
                         return;
                     }
                 }
@@ -278,9 +280,14 @@ impl Worker {
         );
         let _ = s.write(&self.out);
         let _ = s.shutdown(Shutdown::Write);
-        // Drop what the client already sent so the close is a FIN, not a reset.
+        // Drop what the client already sent so the close is a FIN, not a reset (bounded:
+        // a client streaming data at us does not keep the worker here).
         let mut sink = [0u8; 1024];
-        while matches!(s.read(&mut sink), Ok(n) if n > 0) {}
+        for _ in 0..64 {
+            if !matches!(s.read(&mut sink), Ok(n) if n > 0) {
+                break;
+            }
+        }
     }
 
     fn admit(&mut self, stream: TcpStream, admin: bool) {

@@ -13,6 +13,7 @@ pub mod event_loop;
 pub mod http;
 pub mod park;
 pub mod pubsub;
+pub mod reserve;
 pub mod server;
 pub mod sse;
 pub mod stats;

@@ -14,6 +14,7 @@ use mio::{Poll, Waker};
 use crate::config::Config;
 use crate::event_loop::{bind_listener, Worker, WAKER};
 use crate::pubsub::{Note, Store, StoreConfig};
+use crate::reserve::Reserve;
 use crate::stats::{Snapshot, Stats};
 use crate::sys;
 
@@ -45,6 +46,8 @@ pub struct Shared {
     pub sse_heartbeat_ms: u64,
     pub sse_max_backlog: usize,
     pub trust_proxy: bool,
+    /// The spare descriptor for refusing clients at the open-file limit.
+    pub reserve: Reserve,
     epoch: Instant,
 }
 
@@ -192,6 +195,7 @@ pub fn start(cfg: &Config) -> io::Result<Handle> {
         sse_heartbeat_ms: ms(cfg.sse_heartbeat),
         sse_max_backlog: cfg.sse_max_backlog as usize,
         trust_proxy: cfg.trust_proxy,
+        reserve: Reserve::new(),
         epoch: Instant::now(),
     });
 

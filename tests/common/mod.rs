@@ -192,6 +192,16 @@ impl Drop for Server {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+        // A failing test shows what the server said (at most the last 8 KiB).
+        if std::thread::panicking() {
+            let log = self.output();
+            let mut from = log.len().saturating_sub(8192);
+            while !log.is_char_boundary(from) {
+                from += 1;
+            }
+            let tail = &log[from..];
+            eprintln!("--- server output (tail) ---\n{tail}--- end of server output ---");
+        }
     }
 }
 
