@@ -15,7 +15,10 @@
 //!   visible before a lower one on another channel, and a looping client would skip it.
 //!   Cost: publish and subscribe each take the lock once for O(channels in the request);
 //!   fan-out to parked subscribers happens in the workers, outside the lock.
-//! - A channel with no buffered messages and no subscribers is freed at once.
+//! - A channel with no buffered messages and no subscribers is freed at once. If it had
+//!   evicted (or, deleted, dropped) messages, a tombstone keeps the newest such id, and
+//!   the channel re-created under that name starts from it, so a client that comes back
+//!   with an older cursor still gets `Messages-Lost` (see [`Tombstones`]).
 //! - Every non-empty channel has exactly one entry in the expiry heap, whose time is no
 //!   later than its oldest message's expiry; so the TTL sweep costs O(log channels) per
 //!   channel it touches, and nothing per idle channel.
@@ -28,6 +31,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -183,6 +187,71 @@ struct Channel {
     bytes: usize,
 }
 
+/// Freed channels' newest lost ids, so that freeing a channel never turns a gap into a
+/// silent one.
+///
+/// Keyed by a 64-bit hash of the name (random keys per process), 16 bytes per entry, at
+/// most [`TOMBSTONES`] entries; when full, the oldest tombstone is dropped and its id
+/// raises `forgotten`, which every channel created afterwards starts from. Both ways of
+/// losing precision err towards saying `Messages-Lost` when nothing was lost (a hash
+/// collision keeps the larger id; a forgotten tombstone applies to every new channel),
+/// never the other way. A re-created channel reads its tombstone but does not consume
+/// it: ids only grow, so a later tombstone for the name supersedes it.
+pub struct Tombstones {
+    hasher: RandomState,
+    lost_max: HashMap<u64, u64>,
+    /// Hashes in the order their first tombstone was laid.
+    order: VecDeque<u64>,
+    /// Newest lost id of any tombstone dropped to stay within the cap.
+    forgotten: u64,
+    cap: usize,
+}
+
+/// Most tombstones kept (about 1.5 MiB).
+pub const TOMBSTONES: usize = 65_536;
+
+impl Tombstones {
+    pub fn new(cap: usize) -> Tombstones {
+        Tombstones {
+            hasher: RandomState::new(),
+            lost_max: HashMap::new(),
+            order: VecDeque::new(),
+            forgotten: 0,
+            cap: cap.max(1),
+        }
+    }
+
+    /// Channel `name` is freed having lost messages up to id `lost`.
+    pub fn bury(&mut self, name: &str, lost: u64) {
+        if lost == 0 {
+            return;
+        }
+        let h = self.hasher.hash_one(name);
+        let e = self.lost_max.entry(h).or_insert_with(|| {
+            self.order.push_back(h);
+            0
+        });
+        *e = (*e).max(lost);
+        while self.order.len() > self.cap {
+            if let Some(old) = self.order.pop_front() {
+                if let Some(id) = self.lost_max.remove(&old) {
+                    self.forgotten = self.forgotten.max(id);
+                }
+            }
+        }
+    }
+
+    /// The newest id a channel named `name` may have lost before it was (re-)created.
+    pub fn lost_before(&self, name: &str) -> u64 {
+        let own = self
+            .lost_max
+            .get(&self.hasher.hash_one(name))
+            .copied()
+            .unwrap_or(0);
+        own.max(self.forgotten)
+    }
+}
+
 struct Inner {
     slots: Slab<Channel>,
     by_name: HashMap<Arc<str>, usize>,
@@ -201,6 +270,7 @@ struct Inner {
     evicted_for_memory: u64,
     /// Shutting down: publishes are refused.
     closed: bool,
+    tombs: Tombstones,
 }
 
 /// The shared store. Cheap to share behind an `Arc`.
@@ -225,6 +295,7 @@ impl Inner {
         if c.ring.is_empty() && c.subscribers == 0 {
             let c = self.slots.remove(slot);
             self.by_name.remove(&c.name);
+            self.tombs.bury(&c.name, c.evicted_max);
         }
     }
 
@@ -275,13 +346,14 @@ impl Inner {
         if let Some(&slot) = self.by_name.get(name) {
             return slot;
         }
+        let evicted_max = self.tombs.lost_before(name);
         let name: Arc<str> = Arc::from(name);
         self.next_gen = self.next_gen.wrapping_add(1);
         let slot = self.slots.insert(Channel {
             name: name.clone(),
             gen: self.next_gen,
             ring: VecDeque::new(),
-            evicted_max: 0,
+            evicted_max,
             last_id: 0,
             subscribers: 0,
             workers: 0,
@@ -317,6 +389,7 @@ impl Store {
                 order: VecDeque::new(),
                 evicted_for_memory: 0,
                 closed: false,
+                tombs: Tombstones::new(TOMBSTONES),
             }),
         }
     }
@@ -420,6 +493,9 @@ impl Store {
         let mut lost = false;
         for name in names {
             let Some(&slot) = inner.by_name.get(*name) else {
+                // Freed (or never created): nothing buffered, but it may have lost
+                // messages newer than the cursor before it was freed.
+                lost |= cursor != 0 && inner.tombs.lost_before(name) > cursor;
                 continue;
             };
             let c = &inner.slots[slot];
@@ -495,6 +571,9 @@ impl Store {
             return false;
         };
         let c = inner.slots.remove(slot);
+        // A client that comes back with an older cursor hears that these are gone.
+        let dropped = c.ring.back().map_or(0, |m| m.id);
+        inner.tombs.bury(&c.name, c.evicted_max.max(dropped));
         inner.buffered -= c.ring.len();
         inner.bytes -= c.bytes;
         inner.charged -= c.ring.iter().map(|m| charge(m)).sum::<usize>();
@@ -718,6 +797,64 @@ mod tests {
         );
         assert_eq!(s.stats().channels, 0);
         assert_eq!(s.stats().messages_buffered, 0);
+    }
+
+    fn waiting_lost(r: Subscribed) -> bool {
+        match r {
+            Subscribed::Waiting { lost, .. } => lost,
+            other => panic!("expected to wait, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_channel_freed_after_its_messages_expired_still_reports_the_gap() {
+        // (how the channel's messages went away, cursor offset from the last one read)
+        for (how, deleted) in [("ttl", false), ("delete", true)] {
+            let s = store(16, 1000);
+            let read = publish(&s, "a", "read", 0);
+            let missed = publish(&s, "a", "missed", 10);
+            if deleted {
+                assert!(s.delete("a", |_, _| {}));
+            } else {
+                s.expire(1010);
+            }
+            assert!(s.info("a", 1010).is_none(), "{how}: channel freed");
+            // Coming back with the cursor it had: nothing buffered, but a gap.
+            assert!(
+                waiting_lost(sub(&s, &["a"], Cursor::Since(read), None, 1010)),
+                "{how}: gap reported while waiting"
+            );
+            // Parking re-creates the channel; the next delivery carries the gap.
+            let mut keys = [0; 1];
+            sub(&s, &["a"], Cursor::Since(read), Some((0, &mut keys)), 1010);
+            let next = publish(&s, "a", "next", 1020);
+            let (id, lost) = ready(sub(&s, &["a"], Cursor::Since(read), None, 1020));
+            assert_eq!(id, next);
+            assert!(lost, "{how}: a client that missed {missed} is told");
+            // A client that had read the lost message too is not.
+            let (_, lost) = ready(sub(&s, &["a"], Cursor::Since(missed), None, 1020));
+            assert!(!lost, "{how}: no gap for a client past the lost ids");
+            // Nor is one with no cursor or `since=0`.
+            let (_, lost) = ready(sub(&s, &["a"], Cursor::Since(0), None, 1020));
+            assert!(!lost, "{how}: since=0 never reports a gap");
+        }
+    }
+
+    #[test]
+    fn tombstones_are_bounded_and_a_forgotten_one_errs_towards_reporting_a_gap() {
+        let mut t = Tombstones::new(2);
+        t.bury("a", 10);
+        t.bury("b", 20);
+        t.bury("a", 15); // same name again: raises it, keeps its place
+        assert_eq!((t.lost_before("a"), t.lost_before("b")), (15, 20));
+        assert_eq!(t.lost_before("never"), 0);
+        t.bury("c", 5); // over the cap: "a" (the oldest) is forgotten
+        assert_eq!(t.lost_before("c"), 15, "forgotten ids apply to every name");
+        assert_eq!(t.lost_before("a"), 15);
+        assert_eq!(t.lost_before("b"), 20);
+        assert_eq!(t.lost_before("never"), 15);
+        t.bury("d", 0); // nothing lost: no tombstone
+        assert_eq!(t.lost_before("b"), 20, "b not pushed out by a no-op");
     }
 
     #[test]

@@ -445,6 +445,36 @@ fn channel_is_freed_after_its_messages_expire() {
     assert_eq!(r.status, 404, "freed channel still known: {}", r.brief());
 }
 
+/// A client away longer than the TTL: its channel's messages expired and the channel,
+/// with no one left on it, was freed. Coming back with its cursor, it must still hear
+/// that it missed something (PROTOCOL: messages are never lost silently).
+#[test]
+fn a_client_returning_to_a_freed_channel_is_told_what_it_missed() {
+    let s = Server::start(&["--message-ttl", "1"]);
+    let read = publish(s.admin, "away", "read");
+    let missed = publish(s.admin, "away", "missed");
+    std::thread::sleep(Duration::from_millis(2500));
+    wait_stat(s.admin, "channels", 0, 3 * SEC);
+
+    // Nothing buffered, so the poll parks (re-creating the channel) ...
+    let mut back = park(s.public, &format!("/sub/away?since={read}&timeout=30"));
+    wait_stat(s.admin, "parked", 1, 5 * SEC);
+    let next = publish(s.admin, "away", "next");
+    // ... and the next message says that `missed` is gone.
+    let r = back.response();
+    assert_eq!(assert_delivery(&r, "away", b"next"), next);
+    assert_eq!(
+        r.header("messages-lost"),
+        Some("true"),
+        "message {missed} expired with its channel and the returning client was not told: {}",
+        r.brief()
+    );
+    // A client that had read `missed` too is not told of a gap.
+    let r = poll(s.public, &format!("/sub/away?since={missed}&timeout=0"));
+    assert_eq!(assert_delivery(&r, "away", b"next"), next);
+    assert!(r.header("messages-lost").is_none(), "{}", r.brief());
+}
+
 #[test]
 fn channel_names_follow_the_allowed_pattern() {
     let s = Server::start(&[]);
