@@ -27,7 +27,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
     name = "holdfast-bench",
     version,
     about = "Side-by-side benchmark of holdfast, holdfast-tokio and nchan: memory per parked \
-             long-poll, fan-out, poll cycle, idle CPU, and 200k-connection scale."
+             long-poll, fan-out, poll cycle, idle CPU, 200k-connection scale, and memory per \
+             SSE stream and SSE fan-out."
 )]
 struct Args {
     /// Tiny sizes and short windows (CI): well under a minute.
@@ -103,6 +104,14 @@ struct Args {
     #[arg(long)]
     scale_procs: Option<u32>,
 
+    /// SSE idle-hold sizes N [default: 1000,5000,10000,19000; smoke: 200].
+    #[arg(long, value_delimiter = ',')]
+    sse_idle_n: Vec<u64>,
+
+    /// SSE fan-out streams [default: 15000; smoke: 200].
+    #[arg(long)]
+    sse_fanout_n: Option<u64>,
+
     /// Connections opened per second by the stress tool.
     #[arg(long, default_value_t = 20_000)]
     rate: u64,
@@ -113,16 +122,19 @@ impl Args {
         let s = self.smoke;
         let pick =
             |v: Option<u64>, full: u64, smoke: u64| v.unwrap_or(if s { smoke } else { full });
-        Params {
-            threads: self.threads,
-            rate: self.rate,
-            idle_n: if !self.idle_n.is_empty() {
-                self.idle_n.clone()
+        let sizes = |v: &[u64]| {
+            if !v.is_empty() {
+                v.to_vec()
             } else if s {
                 vec![200]
             } else {
                 vec![1000, 5000, 10000, 19000]
-            },
+            }
+        };
+        Params {
+            threads: self.threads,
+            rate: self.rate,
+            idle_n: sizes(&self.idle_n),
             fanout_n: pick(self.fanout_n, 15000, 200),
             cycle_m: pick(self.cycle_m, 5000, 100),
             cycle_k: pick(self.cycle_k, 16, 5),
@@ -131,6 +143,8 @@ impl Args {
             idle_cpu_secs: pick(self.idle_cpu_secs, 30, 2),
             scale_n: pick(self.scale_n, 200_000, 2000),
             scale_procs: self.scale_procs.unwrap_or(if s { 2 } else { 12 }),
+            sse_idle_n: sizes(&self.sse_idle_n),
+            sse_fanout_n: pick(self.sse_fanout_n, 15000, 200),
             settle_ms: if s { 300 } else { 1000 },
         }
     }
@@ -263,6 +277,8 @@ fn run(args: &Args) -> Result<(), String> {
             Scenario::Cycle,
             Scenario::IdleCpu,
             Scenario::Scale,
+            Scenario::SseIdle,
+            Scenario::SseFanout,
         ]
     } else {
         let mut v = args.only.clone();
@@ -368,6 +384,21 @@ fn run(args: &Args) -> Result<(), String> {
     if clk_src.starts_with("assumed") {
         notes.push("CLK_TCK assumed to be 100 (getconf unavailable).".into());
     }
+    let sse = scenarios
+        .iter()
+        .any(|s| matches!(s, Scenario::SseIdle | Scenario::SseFanout));
+    if sse {
+        notes.push(
+            "SSE scenarios: every stream is `GET /sub/CHANNEL` with `Accept: text/event-stream`. \
+             holdfast and holdfast-tokio keep their default `--sse-heartbeat` of 15 s (a `: hb` \
+             comment); nchan gets the same with `nchan_eventsource_ping_interval 15` and a `:hb` \
+             comment. The stress tool checks order on every stream: payload sequence numbers for \
+             all three servers, and event ids, which differ: holdfast's are decimal integers and \
+             must increase; nchan's are `TIME:TAG` (publish second, counter within it) and must \
+             increase as (TIME, TAG) pairs. `out of order` and `id errors` count violations."
+                .into(),
+        );
+    }
     if scenarios.contains(&Scenario::Scale) {
         notes.push(format!(
             "Scale scenario: holdfast only ({} processes × {} thread(s)); the other servers are \
@@ -402,18 +433,24 @@ fn run(args: &Args) -> Result<(), String> {
         for &k in &kinds {
             eprintln!("holdfast-bench: {} {}", s.key(), k.name());
             match s {
-                Scenario::Idle => {
-                    for (r, &n) in scenarios::idle_hold(&env, k, &params)
+                Scenario::Idle | Scenario::SseIdle => {
+                    for (r, &n) in scenarios::idle_hold(&env, k, &params, s)
                         .into_iter()
-                        .zip(&params.idle_n)
+                        .zip(scenarios::idle_sizes(&params, s))
                     {
                         push(r.unwrap_or_else(|e| failed(s, k, n, &e)));
                     }
                 }
-                Scenario::Fanout => push(
-                    scenarios::fanout(&env, k, &params)
-                        .unwrap_or_else(|e| failed(s, k, params.fanout_n, &e)),
-                ),
+                Scenario::Fanout | Scenario::SseFanout => {
+                    let n = match s {
+                        Scenario::SseFanout => params.sse_fanout_n,
+                        _ => params.fanout_n,
+                    };
+                    push(
+                        scenarios::fanout(&env, k, &params, s)
+                            .unwrap_or_else(|e| failed(s, k, n, &e)),
+                    )
+                }
                 Scenario::Cycle => push(
                     scenarios::poll_cycle(&env, k, &params)
                         .unwrap_or_else(|e| failed(s, k, params.cycle_m, &e)),
@@ -462,6 +499,30 @@ fn run(args: &Args) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sse_scenarios_are_selectable_and_sized() {
+        let a =
+            Args::try_parse_from(["holdfast-bench", "--smoke", "--only", "sse-idle,sse-fanout"])
+                .unwrap();
+        assert_eq!(a.only, [Scenario::SseIdle, Scenario::SseFanout]);
+        let p = a.params();
+        assert_eq!((p.sse_idle_n.as_slice(), p.sse_fanout_n), (&[200][..], 200));
+        let full = Args::try_parse_from(["holdfast-bench", "--sse-fanout-n", "7"])
+            .unwrap()
+            .params();
+        assert_eq!(full.sse_idle_n, [1000, 5000, 10000, 19000]);
+        assert_eq!(full.sse_fanout_n, 7);
+        for (s, key, mode) in [
+            (Scenario::Idle, "idle_hold", "longpoll"),
+            (Scenario::Fanout, "fanout", "longpoll"),
+            (Scenario::SseIdle, "sse_idle_hold", "sse"),
+            (Scenario::SseFanout, "sse_fanout", "sse"),
+        ] {
+            assert_eq!((s.key(), s.mode()), (key, mode));
+        }
+        assert_eq!(scenarios::idle_sizes(&p, Scenario::SseIdle), [200]);
+    }
 
     #[test]
     fn dates_from_days() {

@@ -47,18 +47,28 @@ pub fn write_all(dir: &Path, meta: &Meta, rows: &[Row]) -> io::Result<Vec<String
     fs::write(dir.join("results.csv"), csv(rows))?;
     written.push("results.csv".to_string());
     let mut plots = Vec::new();
-    if rows.iter().any(|r| r.scenario == "idle_hold") {
-        idle_plot(&dir.join("idle_memory.svg"), rows)
-            .map_err(|e| io::Error::other(format!("idle_memory.svg: {e}")))?;
-        plots.push("idle_memory.svg");
+    for (scenario, file, what) in [
+        ("idle_hold", "idle_memory.svg", "parked long-polls"),
+        ("sse_idle_hold", "sse_idle_memory.svg", "open SSE streams"),
+    ] {
+        if rows.iter().any(|r| r.scenario == scenario) {
+            idle_plot(&dir.join(file), rows, scenario, what)
+                .map_err(|e| io::Error::other(format!("{file}: {e}")))?;
+            plots.push(file);
+        }
     }
-    if rows
-        .iter()
-        .any(|r| r.scenario == "fanout" && r.get("latency_p50_us").is_some())
-    {
-        fanout_plot(&dir.join("fanout_latency.svg"), rows)
-            .map_err(|e| io::Error::other(format!("fanout_latency.svg: {e}")))?;
-        plots.push("fanout_latency.svg");
+    for (scenario, file, what) in [
+        ("fanout", "fanout_latency.svg", "long-poll subscribers"),
+        ("sse_fanout", "sse_fanout_latency.svg", "SSE streams"),
+    ] {
+        if rows
+            .iter()
+            .any(|r| r.scenario == scenario && r.get("latency_p50_us").is_some())
+        {
+            fanout_plot(&dir.join(file), rows, scenario, what)
+                .map_err(|e| io::Error::other(format!("{file}: {e}")))?;
+            plots.push(file);
+        }
     }
     fs::write(dir.join("report.md"), markdown(meta, rows, &plots))?;
     written.push("report.md".to_string());
@@ -250,31 +260,9 @@ pub fn markdown(meta: &Meta, rows: &[Row], plots: &[&str]) -> String {
         let _ = writeln!(
             o,
             "Server memory growth from just after start-up to N parked long-polls, divided by the \
-             parked count the server reports. RSS and Private (Private_Clean + Private_Dirty) from \
-             `/proc/PID/smaps_rollup`. Kernel: the machine-wide `/proc/meminfo` `Slab` growth over \
-             the same interval ÷ N; it covers **both** ends of each connection (the stress tool's \
-             socket and the server's), i.e. two sockets per connection, and anything else the \
-             machine did meanwhile. TCP sockets Δ (machine-wide, `/proc/net/sockstat` inuse) is \
-             the check: it should be 2 × held; when it is far off, the Slab figure is flagged.\n"
+             parked count the server reports. {IDLE_METHOD}\n"
         );
-        let columns = [
-            &[
-                ("server", Cell::Server),
-                ("N", Cell::Connections),
-                ("held", Cell::Num("held", 0)),
-                ("RSS at start (MiB)", Cell::Mib("rss_before_bytes")),
-            ][..],
-            &MEMORY_COLUMNS,
-            &[
-                ("nginx master RSS (MiB)", Cell::Mib("master_rss_bytes")),
-                ("notes", Cell::Notes),
-            ],
-        ]
-        .concat();
-        table(&mut o, &idle, &columns);
-        if plots.contains(&"idle_memory.svg") {
-            let _ = writeln!(o, "![memory vs connections](idle_memory.svg)\n");
-        }
+        idle_table(&mut o, &idle, plots, "idle_memory.svg");
     }
 
     let fan = of(rows, "fanout");
@@ -285,42 +273,10 @@ pub fn markdown(meta: &Meta, rows: &[Row], plots: &[&str]) -> String {
         );
         let _ = writeln!(
             o,
-            "Server CPU from just before the publish reached the server until the last subscriber \
-             had its message (publish time + the stress tool's maximum latency), ÷ messages \
-             received. Two readings of the same window: the threads' schedstat run time (ns), and \
-             utime + stime from `/proc/PID/stat` (clock ticks of 1/CLK_TCK s, so coarse below ~10 \
-             ms). The window also holds the publish request and each subscriber's next poll when \
-             it arrives before the window ends. Latency: publish sent → message received, measured \
-             by the stress tool. Wall time to the last receipt = max latency.\n"
+            "{FANOUT_METHOD} The window also holds each subscriber's next poll when it arrives \
+             before the window ends.\n"
         );
-        table(
-            &mut o,
-            &fan,
-            &[
-                ("server", Cell::Server),
-                ("N", Cell::Connections),
-                ("held", Cell::Num("held", 0)),
-                ("received", Cell::Num("received", 0)),
-                ("lost", Cell::Num("lost", 0)),
-                (
-                    "CPU µs/delivery (schedstat)",
-                    Cell::Num("cpu_per_delivery_us", 2),
-                ),
-                (
-                    "CPU µs/delivery (utime+stime)",
-                    Cell::Num("cpu_ticks_per_delivery_us", 2),
-                ),
-                ("wall to last receipt (ms)", Cell::Num("wall_to_last_ms", 2)),
-                ("p50 (ms)", Cell::Ms("latency_p50_us")),
-                ("p99 (ms)", Cell::Ms("latency_p99_us")),
-                ("p99.9 (ms)", Cell::Ms("latency_p999_us")),
-                ("max (ms)", Cell::Ms("latency_max_us")),
-                ("notes", Cell::Notes),
-            ],
-        );
-        if plots.contains(&"fanout_latency.svg") {
-            let _ = writeln!(o, "![fan-out latency](fanout_latency.svg)\n");
-        }
+        fanout_table(&mut o, &fan, &[], plots, "fanout_latency.svg");
     }
 
     let cyc = of(rows, "poll_cycle");
@@ -418,7 +374,121 @@ pub fn markdown(meta: &Meta, rows: &[Row], plots: &[&str]) -> String {
         .concat();
         table(&mut o, &sc, &columns);
     }
+
+    let sse_idle = of(rows, "sse_idle_hold");
+    if !sse_idle.is_empty() {
+        let _ = writeln!(o, "## 6. SSE idle hold: memory per open SSE stream\n");
+        let _ = writeln!(
+            o,
+            "As scenario 1 with SSE streams (`GET /sub/CHANNEL`, `Accept: text/event-stream`) \
+             instead of long-polls: server memory growth from just after start-up to N open, idle \
+             streams (each counted once its `200` head arrived), divided by the open streams the \
+             server reports (holdfast/holdfast-tokio `sse_streams`, nchan `subscribers`). Nothing \
+             is published. {IDLE_METHOD}\n"
+        );
+        idle_table(&mut o, &sse_idle, plots, "sse_idle_memory.svg");
+    }
+
+    let sse_fan = of(rows, "sse_fanout");
+    if !sse_fan.is_empty() {
+        let _ = writeln!(
+            o,
+            "## 7. SSE fan-out: one publish to N SSE streams of one channel\n"
+        );
+        let _ = writeln!(
+            o,
+            "As scenario 2 with SSE streams: one message to N open streams, each written as one \
+             event on a stream that stays open (no re-poll follows). {FANOUT_METHOD} Order: the \
+             stress tool checks every event's payload sequence number and its event id (holdfast: \
+             increasing integers; nchan: increasing `TIME:TAG` pairs); `out of order` and `id \
+             errors` count what broke it.\n"
+        );
+        fanout_table(
+            &mut o,
+            &sse_fan,
+            &[
+                ("out of order", Cell::Num("out_of_order", 0)),
+                ("id errors", Cell::Num("event_id_errors", 0)),
+            ],
+            plots,
+            "sse_fanout_latency.svg",
+        );
+    }
     o
+}
+
+/// How scenarios 1 and 6 measure memory (after the sentence saying what N counts).
+const IDLE_METHOD: &str = "RSS and Private (Private_Clean + Private_Dirty) from \
+     `/proc/PID/smaps_rollup`. Kernel: the machine-wide `/proc/meminfo` `Slab` growth over \
+     the same interval ÷ N; it covers **both** ends of each connection (the stress tool's \
+     socket and the server's), i.e. two sockets per connection, and anything else the \
+     machine did meanwhile. TCP sockets Δ (machine-wide, `/proc/net/sockstat` inuse) is \
+     the check: it should be 2 × held; when it is far off, the Slab figure is flagged.";
+
+/// How scenarios 2 and 7 measure CPU and latency.
+const FANOUT_METHOD: &str = "Server CPU from just before the publish reached the server \
+     until the last subscriber had its message (publish time + the stress tool's maximum \
+     latency), ÷ messages received. Two readings of the same window: the threads' schedstat \
+     run time (ns), and utime + stime from `/proc/PID/stat` (clock ticks of 1/CLK_TCK s, so \
+     coarse below ~10 ms). The window holds the publish request too. Latency: publish sent → \
+     message received, measured by the stress tool. Wall time to the last receipt = max \
+     latency.";
+
+/// The table of scenarios 1 and 6, and its plot if one was drawn.
+fn idle_table(o: &mut String, rows: &[&Row], plots: &[&str], plot: &str) {
+    let columns = [
+        &[
+            ("server", Cell::Server),
+            ("N", Cell::Connections),
+            ("held", Cell::Num("held", 0)),
+            ("RSS at start (MiB)", Cell::Mib("rss_before_bytes")),
+        ][..],
+        &MEMORY_COLUMNS,
+        &[
+            ("nginx master RSS (MiB)", Cell::Mib("master_rss_bytes")),
+            ("notes", Cell::Notes),
+        ],
+    ]
+    .concat();
+    table(o, rows, &columns);
+    if plots.contains(&plot) {
+        let _ = writeln!(o, "![memory vs connections]({plot})\n");
+    }
+}
+
+/// The table of scenarios 2 and 7 (`extra` columns go before the notes), and its plot.
+fn fanout_table(o: &mut String, rows: &[&Row], extra: &[(&str, Cell)], plots: &[&str], plot: &str) {
+    let columns = [
+        &[
+            ("server", Cell::Server),
+            ("N", Cell::Connections),
+            ("held", Cell::Num("held", 0)),
+            ("received", Cell::Num("received", 0)),
+            ("lost", Cell::Num("lost", 0)),
+        ][..],
+        extra,
+        &[
+            (
+                "CPU µs/delivery (schedstat)",
+                Cell::Num("cpu_per_delivery_us", 2),
+            ),
+            (
+                "CPU µs/delivery (utime+stime)",
+                Cell::Num("cpu_ticks_per_delivery_us", 2),
+            ),
+            ("wall to last receipt (ms)", Cell::Num("wall_to_last_ms", 2)),
+            ("p50 (ms)", Cell::Ms("latency_p50_us")),
+            ("p99 (ms)", Cell::Ms("latency_p99_us")),
+            ("p99.9 (ms)", Cell::Ms("latency_p999_us")),
+            ("max (ms)", Cell::Ms("latency_max_us")),
+            ("notes", Cell::Notes),
+        ],
+    ]
+    .concat();
+    table(o, rows, &columns);
+    if plots.contains(&plot) {
+        let _ = writeln!(o, "![fan-out latency]({plot})\n");
+    }
 }
 
 const COLORS: [RGBColor; 3] = [
@@ -438,9 +508,9 @@ fn color_of(server: &str) -> RGBColor {
 type PlotResult = Result<(), Box<dyn std::error::Error>>;
 
 /// Two panels: total RSS growth vs N (linear), and bytes per connection vs N (log y),
-/// RSS solid and Private dashed-looking (hollow points).
-fn idle_plot(path: &Path, rows: &[Row]) -> PlotResult {
-    let idle = of(rows, "idle_hold");
+/// RSS solid and Private dashed-looking (hollow points). `what`: what N counts.
+fn idle_plot(path: &Path, rows: &[Row], scenario: &str, what: &str) -> PlotResult {
+    let idle = of(rows, scenario);
     let mut by_server: BTreeMap<&str, Vec<&Row>> = BTreeMap::new();
     for r in &idle {
         by_server.entry(r.server.as_str()).or_default().push(r);
@@ -470,13 +540,13 @@ fn idle_plot(path: &Path, rows: &[Row]) -> PlotResult {
     let (left, right) = root.split_horizontally(550);
 
     let mut c = ChartBuilder::on(&left)
-        .caption("Server RSS growth vs parked long-polls", ("sans-serif", 18))
+        .caption(format!("Server RSS growth vs {what}"), ("sans-serif", 18))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
         .build_cartesian_2d(0.0..xmax, 0.0..ymax_mib)?;
     c.configure_mesh()
-        .x_desc("parked long-polls (N)")
+        .x_desc(format!("{what} (N)"))
         .y_desc("RSS growth (MiB)")
         .x_label_formatter(&|v| group(*v as i64))
         .y_label_formatter(&|v| format!("{v:.0}"))
@@ -505,13 +575,13 @@ fn idle_plot(path: &Path, rows: &[Row]) -> PlotResult {
         .draw()?;
 
     let mut c = ChartBuilder::on(&right)
-        .caption("Bytes per parked long-poll (log scale)", ("sans-serif", 18))
+        .caption("Bytes per connection (log scale)", ("sans-serif", 18))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(60)
         .build_cartesian_2d(0.0..xmax, (ylo..yhi).log_scale())?;
     c.configure_mesh()
-        .x_desc("parked long-polls (N)")
+        .x_desc(format!("{what} (N)"))
         .y_desc("bytes per connection")
         .x_label_formatter(&|v| group(*v as i64))
         .y_label_formatter(&|v| group(*v as i64))
@@ -555,9 +625,9 @@ fn idle_plot(path: &Path, rows: &[Row]) -> PlotResult {
 }
 
 /// Fan-out latency percentiles per server (p50, p99, p99.9, max) as lines over the
-/// percentile axis.
-fn fanout_plot(path: &Path, rows: &[Row]) -> PlotResult {
-    let fan = of(rows, "fanout");
+/// percentile axis. `what`: what the subscribers are.
+fn fanout_plot(path: &Path, rows: &[Row], scenario: &str, what: &str) -> PlotResult {
+    let fan = of(rows, scenario);
     let keys = [
         "latency_p50_us",
         "latency_p99_us",
@@ -576,7 +646,7 @@ fn fanout_plot(path: &Path, rows: &[Row]) -> PlotResult {
     root.fill(&WHITE)?;
     let mut c = ChartBuilder::on(&root)
         .caption(
-            format!("Fan-out: one publish to {} subscribers", group(n as i64)),
+            format!("Fan-out: one publish to {} {what}", group(n as i64)),
             ("sans-serif", 18),
         )
         .margin(12)
@@ -641,6 +711,93 @@ mod tests {
         assert_eq!(csv_field("plain"), "plain");
         assert_eq!(csv_field("a,b"), "\"a,b\"");
         assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+    }
+
+    fn row(scenario: &'static str, server: &str, metrics: &[(&str, f64)]) -> Row {
+        Row {
+            scenario,
+            server: server.into(),
+            connections: 200,
+            metrics: metrics.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            notes: Vec::new(),
+            stress: None,
+        }
+    }
+
+    #[test]
+    fn sse_rows_get_their_own_sections_with_the_order_columns() {
+        let rows = [
+            row(
+                "fanout",
+                "holdfast",
+                &[("received", 200.0), ("out_of_order", 0.0)],
+            ),
+            row(
+                "sse_fanout",
+                "nchan",
+                &[
+                    ("received", 199.0),
+                    ("lost", 1.0),
+                    ("out_of_order", 2.0),
+                    ("event_id_errors", 3.0),
+                    ("latency_p50_us", 1500.0),
+                ],
+            ),
+            row("sse_idle_hold", "holdfast", &[("rss_per_conn_bytes", 56.0)]),
+        ];
+        let meta = Meta {
+            date_utc: "2024-01-01".into(),
+            command: "holdfast-bench".into(),
+            smoke: true,
+            machine: crate::measure::machine(),
+            versions: BTreeMap::new(),
+            params: Params {
+                threads: 1,
+                rate: 1,
+                idle_n: vec![200],
+                fanout_n: 200,
+                cycle_m: 1,
+                cycle_k: 1,
+                cycle_interval_ms: 1,
+                idle_cpu_n: 1,
+                idle_cpu_secs: 1,
+                scale_n: 1,
+                scale_procs: 1,
+                sse_idle_n: vec![200],
+                sse_fanout_n: 200,
+                settle_ms: 1,
+            },
+            loadavg_start: String::new(),
+            loadavg_end: String::new(),
+            notes: Vec::new(),
+        };
+        let md = markdown(&meta, &rows, &["sse_fanout_latency.svg"]);
+        let section = |head: &str| {
+            let start = md
+                .find(head)
+                .unwrap_or_else(|| panic!("no {head:?} in\n{md}"));
+            let rest = &md[start..];
+            rest[..rest[3..].find("\n## ").map_or(rest.len(), |i| i + 3)].to_string()
+        };
+        let sse = section("## 7. SSE fan-out");
+        assert!(sse.contains("| out of order | id errors |"), "{sse}");
+        assert!(
+            sse.contains("| nchan | 200 | – | 199 | 1 | 2 | 3 |"),
+            "{sse}"
+        );
+        assert!(sse.contains("| 1.50 |") && sse.contains("(sse_fanout_latency.svg)"));
+        // The long-poll fan-out table has no order columns and no SSE rows.
+        let lp = section("## 2. Fan-out");
+        assert!(
+            !lp.contains("out of order") && !lp.contains("nchan"),
+            "{lp}"
+        );
+        assert!(section("## 6. SSE idle hold").contains("| holdfast | 200 |"));
+        let csv = csv(&rows);
+        assert!(
+            csv.contains("sse_fanout,nchan,200,event_id_errors,3\n"),
+            "{csv}"
+        );
     }
 
     #[test]

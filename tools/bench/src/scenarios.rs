@@ -1,4 +1,4 @@
-//! The five scenarios. Each starts a fresh server (so one run's leftovers never count
+//! The seven scenarios. Each starts a fresh server (so one run's leftovers never count
 //! in the next), starts the stress tool, waits on the server's own counters until the
 //! connections are held, measures from `/proc`, and collects the stress tool's summary.
 //!
@@ -30,6 +30,10 @@ pub enum Scenario {
     IdleCpu,
     /// 200,000 parked long-polls over several holdfast processes.
     Scale,
+    /// Memory per open, idle SSE stream at several N (scenario 1 with streams).
+    SseIdle,
+    /// One publish to N SSE streams on one channel (scenario 2 with streams).
+    SseFanout,
 }
 
 impl Scenario {
@@ -40,6 +44,16 @@ impl Scenario {
             Scenario::Cycle => "poll_cycle",
             Scenario::IdleCpu => "idle_cpu",
             Scenario::Scale => "scale",
+            Scenario::SseIdle => "sse_idle_hold",
+            Scenario::SseFanout => "sse_fanout",
+        }
+    }
+
+    /// The stress tool's `--mode` for this scenario's subscribers.
+    pub fn mode(self) -> &'static str {
+        match self {
+            Scenario::SseIdle | Scenario::SseFanout => "sse",
+            _ => "longpoll",
         }
     }
 }
@@ -58,6 +72,8 @@ pub struct Params {
     pub idle_cpu_secs: u64,
     pub scale_n: u64,
     pub scale_procs: u32,
+    pub sse_idle_n: Vec<u64>,
+    pub sse_fanout_n: u64,
     /// Pause after the last connection is held, before measuring.
     pub settle_ms: u64,
 }
@@ -119,6 +135,23 @@ impl Row {
             self.set("lost", s.lost as f64);
             self.set("duplicates", s.duplicates as f64);
             self.set("timeouts", s.timeouts as f64);
+            if s.publish > 0 {
+                // Order, as the stress tool checks it: payload sequence numbers for every
+                // mode, and SSE event ids (holdfast: decimal, increasing; nchan: TIME:TAG
+                // pairs, increasing) for streams.
+                self.set(
+                    "out_of_order",
+                    s.error_count(holdfast_stress::errors::OUT_OF_ORDER) as f64,
+                );
+                if s.mode == "sse" {
+                    self.set(
+                        "event_id_errors",
+                        (s.error_count(holdfast_stress::errors::EVENT_ID_ORDER)
+                            + s.error_count(holdfast_stress::errors::BAD_EVENT_ID))
+                            as f64,
+                    );
+                }
+            }
             // No latency was recorded when nothing was received (or the stress tool's
             // workers did not report their histograms): absent, not zero.
             if s.latency_us.count > 0 {
@@ -175,6 +208,7 @@ impl Env {
             targets: servers.iter().map(|s| s.public).collect(),
             admins: servers.iter().map(|s| s.admin).collect(),
             connections,
+            mode: "longpoll",
             protocol: servers[0].kind.protocol(),
             channel: channel.to_string(),
             rate: p.rate,
@@ -310,12 +344,21 @@ fn memory_metrics(row: &mut Row, before: &Snap, after: &Snap, held: f64) {
     }
 }
 
-/// Scenario 1: memory per parked long-poll for each N.
-pub fn idle_hold(env: &Env, kind: Kind, p: &Params) -> Vec<io::Result<Row>> {
-    p.idle_n
+/// Scenarios 1 and 6: memory per parked long-poll (`Idle`) or per open SSE stream
+/// (`SseIdle`) for each N of that scenario; one result per N, in order.
+pub fn idle_hold(env: &Env, kind: Kind, p: &Params, s: Scenario) -> Vec<io::Result<Row>> {
+    idle_sizes(p, s)
         .iter()
-        .map(|&n| idle_hold_one(env, kind, p, n))
+        .map(|&n| idle_hold_one(env, kind, p, n, s))
         .collect()
+}
+
+/// The N values scenario `s` (1 or 6) runs at.
+pub fn idle_sizes(p: &Params, s: Scenario) -> &[u64] {
+    match s {
+        Scenario::SseIdle => &p.sse_idle_n,
+        _ => &p.idle_n,
+    }
 }
 
 /// The measurement of scenarios 1 and 5: memory of `servers` from just before the
@@ -347,11 +390,15 @@ fn held_memory(
     Ok((sp, json))
 }
 
-fn idle_hold_one(env: &Env, kind: Kind, p: &Params, n: u64) -> io::Result<Row> {
-    let tag = format!("idle-{n}");
+fn idle_hold_one(env: &Env, kind: Kind, p: &Params, n: u64, s: Scenario) -> io::Result<Row> {
+    let (tag, channel) = match s {
+        Scenario::SseIdle => (format!("sse-idle-{n}"), "sseidle"),
+        _ => (format!("idle-{n}"), "idle"),
+    };
     let server = env.start(kind, p.threads, &tag)?;
-    let mut row = Row::new(Scenario::Idle, kind.name(), n);
-    let mut run = env.stress_run(&[&server], n, "idle", p);
+    let mut row = Row::new(s, kind.name(), n);
+    let mut run = env.stress_run(&[&server], n, channel, p);
+    run.mode = s.mode();
     run.hold = Duration::from_millis(p.settle_ms + 1500);
     let (sp, json) = held_memory(
         env,
@@ -482,15 +529,20 @@ fn publish_window(
     }))
 }
 
-/// Scenario 2: one publish to N subscribers of one channel.
-pub fn fanout(env: &Env, kind: Kind, p: &Params) -> io::Result<Row> {
-    let n = p.fanout_n;
-    let server = env.start(kind, p.threads, "fanout")?;
-    let mut row = Row::new(Scenario::Fanout, kind.name(), n);
-    let mut run = env.stress_run(&[&server], n, "fanout", p);
+/// Scenarios 2 and 7: one publish to N long-poll subscribers (`Fanout`) or N SSE
+/// streams (`SseFanout`) of one channel.
+pub fn fanout(env: &Env, kind: Kind, p: &Params, s: Scenario) -> io::Result<Row> {
+    let (n, tag, channel) = match s {
+        Scenario::SseFanout => (p.sse_fanout_n, "sse-fanout", "ssefanout"),
+        _ => (p.fanout_n, "fanout", "fanout"),
+    };
+    let server = env.start(kind, p.threads, tag)?;
+    let mut row = Row::new(s, kind.name(), n);
+    let mut run = env.stress_run(&[&server], n, channel, p);
+    run.mode = s.mode();
     run.hold = Duration::from_millis(p.settle_ms + 1000);
     run.publish = 1;
-    let tag = format!("{}-fanout", kind.name());
+    let tag = format!("{}-{tag}", kind.name());
     let every = Duration::from_millis(1);
     let Some(PublishWindow {
         start,
@@ -735,6 +787,63 @@ mod tests {
         let end = delivery_end(&all, start, base);
         assert_eq!(end.at, first.at);
         assert_eq!(end.cpu.ns, 1_000_000);
+    }
+
+    #[test]
+    fn order_errors_of_a_publishing_run_become_metrics() {
+        let summary = |mode: &str, publish: u32| {
+            let mut s = Summary {
+                mode: mode.into(),
+                publish,
+                ..Summary::default()
+            };
+            for (k, v) in [
+                ("out_of_order", 1),
+                ("event_id_order", 2),
+                ("bad_event_id", 3),
+            ] {
+                s.errors.insert(k.into(), v);
+            }
+            StressEnd {
+                summary: Some(s),
+                note: None,
+            }
+        };
+        let cases: &[(&str, u32, Option<f64>, Option<f64>)] = &[
+            ("sse", 1, Some(1.0), Some(5.0)),
+            ("longpoll", 1, Some(1.0), None),
+            // Nothing published: nothing could arrive out of order, so no metric.
+            ("sse", 0, None, None),
+        ];
+        for &(mode, publish, ooo, ids) in cases {
+            let mut row = Row::new(Scenario::SseFanout, "x", 1);
+            row.take_summary(&summary(mode, publish));
+            assert_eq!(row.get("out_of_order"), ooo, "{mode} {publish}");
+            assert_eq!(row.get("event_id_errors"), ids, "{mode} {publish}");
+        }
+    }
+
+    #[test]
+    fn the_stress_tool_is_asked_for_the_scenarios_mode() {
+        let mut run = stress::Run {
+            targets: vec!["127.0.0.1:1".parse().unwrap()],
+            admins: vec![],
+            connections: 1,
+            mode: Scenario::SseFanout.mode(),
+            protocol: "nchan",
+            channel: "c".into(),
+            rate: 1,
+            hold: Duration::from_secs(1),
+            publish: 0,
+            publish_interval: None,
+            procs: None,
+            max_time: Duration::from_secs(1),
+        };
+        let args = run.args(Path::new("/tmp/x.json")).join(" ");
+        assert!(args.contains("--mode sse --protocol nchan"), "{args}");
+        run.mode = Scenario::Fanout.mode();
+        let args = run.args(Path::new("/tmp/x.json")).join(" ");
+        assert!(args.contains("--mode longpoll"), "{args}");
     }
 
     #[test]

@@ -26,6 +26,11 @@ pub const POLL_TIMEOUT_SECS: u64 = 300;
 pub const BUFFER_MESSAGES: u64 = 16;
 /// holdfast's default `--message-ttl`, mirrored in `nchan_message_timeout`.
 pub const MESSAGE_TTL_SECS: u64 = 3600;
+/// Comment line interval on idle SSE streams: holdfast's default `--sse-heartbeat`,
+/// passed explicitly to both holdfast servers and mirrored in nchan's
+/// `nchan_eventsource_ping_interval` (off by default in nchan), so that all three keep
+/// the same per-stream timer.
+pub const SSE_HEARTBEAT_SECS: u64 = 15;
 
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum, serde::Serialize,
@@ -102,6 +107,7 @@ impl Server {
             .args(["--threads", &threads.to_string()])
             .args(["--poll-timeout", &format!("{POLL_TIMEOUT_SECS}s")])
             .args(["--max-poll-timeout", &format!("{POLL_TIMEOUT_SECS}s")])
+            .args(["--sse-heartbeat", &format!("{SSE_HEARTBEAT_SECS}s")])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(fs::File::create(log)?));
@@ -330,10 +336,15 @@ pub fn nchan_conf(
     let _ = writeln!(c, "  nchan_subscriber_timeout {POLL_TIMEOUT_SECS}s;");
     let _ = writeln!(c, "  server {{");
     let _ = writeln!(c, "    listen {public};");
-    // Long-poll by default; `Accept: text/event-stream` selects SSE, as with holdfast.
+    // Long-poll by default; `Accept: text/event-stream` selects the eventsource
+    // subscriber, as with holdfast (one URL, the mode chosen by the request). The ping
+    // is nchan's SSE heartbeat, off by default: here a `:hb` comment (no `event:` line)
+    // every SSE_HEARTBEAT_SECS, like holdfast's `: hb`.
     let _ = writeln!(
         c,
-        "    location ~ /sub/(\\w+)$ {{ nchan_subscriber longpoll eventsource; nchan_channel_id $1; }}"
+        "    location ~ /sub/(\\w+)$ {{ nchan_subscriber longpoll eventsource; nchan_channel_id $1; \
+         nchan_eventsource_ping_interval {SSE_HEARTBEAT_SECS}; nchan_eventsource_ping_comment hb; \
+         nchan_eventsource_ping_event \"\"; }}"
     );
     let _ = writeln!(c, "  }}");
     let _ = writeln!(c, "  server {{");
@@ -506,7 +517,7 @@ mod tests {
             "nchan_message_timeout 3600s;",
             "nchan_subscriber_timeout 300s;",
             "listen 127.0.0.1:4000;",
-            r"location ~ /sub/(\w+)$ { nchan_subscriber longpoll eventsource; nchan_channel_id $1; }",
+            r#"location ~ /sub/(\w+)$ { nchan_subscriber longpoll eventsource; nchan_channel_id $1; nchan_eventsource_ping_interval 15; nchan_eventsource_ping_comment hb; nchan_eventsource_ping_event ""; }"#,
             "listen 127.0.0.1:4001;",
             r"location ~ /pub/(\w+)$ { nchan_publisher; nchan_channel_id $1; }",
             "location = /nchan_status { nchan_stub_status; }",

@@ -19,6 +19,8 @@ pub struct Run {
     pub targets: Vec<SocketAddr>,
     pub admins: Vec<SocketAddr>,
     pub connections: u64,
+    /// `longpoll` or `sse` (the stress tool's `--mode`).
+    pub mode: &'static str,
     pub protocol: &'static str,
     pub channel: String,
     /// New connections per second.
@@ -51,7 +53,7 @@ impl Run {
             "--connections".into(),
             self.connections.to_string(),
             "--mode".into(),
-            "longpoll".into(),
+            self.mode.into(),
             "--protocol".into(),
             self.protocol.into(),
             "--channel".into(),

@@ -26,6 +26,17 @@ pub const BAD_RESPONSE: &str = "bad_response";
 pub const BAD_PAYLOAD: &str = "bad_payload";
 /// A well-formed payload with a sequence number this run never published.
 pub const UNEXPECTED_MESSAGE: &str = "unexpected_message";
+/// A payload whose `n` is below the last one the subscription received: the order of
+/// delivery broke. (A late first arrival and a repeat of an older message cannot be told
+/// apart without per-message state; both break the order guarantee. The same `n` again
+/// counts as a duplicate instead.)
+pub const OUT_OF_ORDER: &str = "out_of_order";
+/// SSE: an event id at or below the previous one on the same stream (holdfast: decimal
+/// ids; nchan: `TIME:TAG` pairs, see `http::parse_event_id`).
+pub const EVENT_ID_ORDER: &str = "event_id_order";
+/// SSE: a message event without an `id:` field, or with one that is not an id of the
+/// protocol's dialect.
+pub const BAD_EVENT_ID: &str = "bad_event_id";
 /// The server said it dropped messages (`Messages-Lost: true`, SSE `event: lost`).
 pub const MESSAGES_LOST: &str = "messages_lost";
 /// SSE `event: deleted`.

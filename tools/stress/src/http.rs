@@ -129,8 +129,10 @@ pub fn payload(t_us: u64, seq: u32) -> String {
 /// One complete SSE event.
 #[derive(Debug, PartialEq, Eq)]
 pub enum SseEvent {
-    /// A message (no `event:` field, `message`, or a channel name).
-    Message(Vec<u8>),
+    /// A message (no `event:` field, `message`, or a channel name), with the `id:`
+    /// field of this event if it had one (the SSE "last event ID" carried over from
+    /// an earlier event does not count: both servers put an id on every message).
+    Message { id: Option<String>, data: Vec<u8> },
     /// holdfast's gap notice.
     Lost,
     /// The channel was deleted; the stream ends.
@@ -143,6 +145,7 @@ pub enum SseEvent {
 #[derive(Debug, Default)]
 pub struct SseParser {
     event: Option<String>,
+    id: Option<String>,
     data: Vec<u8>,
     has_data: bool,
 }
@@ -183,7 +186,8 @@ impl SseParser {
                     self.has_data = true;
                 }
                 b"event" => self.event = Some(String::from_utf8_lossy(value).into_owned()),
-                _ => {} // id, retry, unknown fields
+                b"id" => self.id = Some(String::from_utf8_lossy(value).into_owned()),
+                _ => {} // retry, unknown fields
             }
         }
         start
@@ -191,6 +195,7 @@ impl SseParser {
 
     fn dispatch(&mut self) -> Option<SseEvent> {
         let event = self.event.take();
+        let id = self.id.take();
         if !std::mem::take(&mut self.has_data) {
             return None;
         }
@@ -199,13 +204,41 @@ impl SseParser {
             Some("lost") => SseEvent::Lost,
             Some("deleted") => SseEvent::Deleted,
             Some("binary") => SseEvent::Binary,
-            _ => SseEvent::Message(data),
+            _ => SseEvent::Message { id, data },
         })
     }
 }
 
-/// Incremental decoder for a `Transfer-Encoding: chunked` body (nchan's EventSource
-/// responses use it; holdfast's SSE bodies are close-delimited).
+/// An SSE event id in a form that orders: `(major, minor)`, compared as a pair.
+///
+/// - holdfast (both servers of this repository): a decimal `u64`, strictly increasing
+///   across the server (PROTOCOL.md), so `(id, 0)`.
+/// - nchan: `TIME:TAG`, the publish time in seconds and a counter within that second
+///   (`1795299650:0`, `1795299650:1`, `1795299651:0`), so `(TIME, TAG)`. nchan does not
+///   promise more than "an id to resume from"; ordering by the pair is what its ids do
+///   for one channel on one server, checked against libnginx-mod-nchan 1.3.6. Multi-channel
+///   forms (`TIME:[TAG,TAG]`) are not used by this tool and do not parse.
+///
+/// `None`: not an id of that dialect.
+pub fn parse_event_id(protocol: Protocol, id: &str) -> Option<(u64, u64)> {
+    let digits = |s: &str| {
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse::<u64>().ok())
+            .flatten()
+    };
+    match protocol {
+        Protocol::Holdfast => Some((digits(id)?, 0)),
+        Protocol::Nchan => {
+            let (time, tag) = id.split_once(':')?;
+            Some((digits(time)?, digits(tag)?))
+        }
+    }
+}
+
+/// Incremental decoder for a `Transfer-Encoding: chunked` SSE body. holdfast's SSE
+/// bodies are close-delimited, and so are nchan 1.3.6's (checked: no
+/// `Transfer-Encoding` on its EventSource responses); this is for a server or proxy
+/// that chunks.
 #[derive(Debug, Default)]
 pub struct Chunked {
     state: ChunkState,
@@ -379,8 +412,14 @@ mod tests {
                        event: news\ndata: a\ndata: b\n\nevent: lost\ndata: 9\n\n\
                        event: binary\ndata: AAE=\n\nevent: deleted\ndata: c\n\n";
         let want = vec![
-            SseEvent::Message(b"t=1;n=1".to_vec()),
-            SseEvent::Message(b"a\nb".to_vec()),
+            SseEvent::Message {
+                id: Some("5".into()),
+                data: b"t=1;n=1".to_vec(),
+            },
+            SseEvent::Message {
+                id: None,
+                data: b"a\nb".to_vec(),
+            },
             SseEvent::Lost,
             SseEvent::Binary,
             SseEvent::Deleted,
@@ -397,6 +436,61 @@ mod tests {
             assert!(buf.is_empty());
             assert_eq!(got, want, "chunk size {chunk}");
         }
+    }
+
+    #[test]
+    fn an_id_belongs_to_its_own_event_only() {
+        // nchan's framing: a comment first, then `id:` before `data:`.
+        let stream = b": hi\n\nid: 1795299650:0\ndata: t=1;n=1\n\nid: 7\n\ndata: x\n\n";
+        let mut p = SseParser::default();
+        let mut got = Vec::new();
+        assert_eq!(p.feed(stream, |e| got.push(e)), stream.len());
+        assert_eq!(
+            got,
+            vec![
+                SseEvent::Message {
+                    id: Some("1795299650:0".into()),
+                    data: b"t=1;n=1".to_vec()
+                },
+                // The id-only event is not dispatched, and its id does not carry over.
+                SseEvent::Message {
+                    id: None,
+                    data: b"x".to_vec()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn event_ids_of_each_dialect() {
+        use Protocol::{Holdfast, Nchan};
+        type Case = (Protocol, &'static str, Option<(u64, u64)>);
+        let cases: &[Case] = &[
+            (
+                Holdfast,
+                "1795299660917246",
+                Some((1_795_299_660_917_246, 0)),
+            ),
+            (Holdfast, "0", Some((0, 0))),
+            (Holdfast, "", None),
+            (Holdfast, "+5", None),
+            (Holdfast, "12 ", None),
+            (Holdfast, "1795299650:0", None),
+            (Holdfast, "18446744073709551616", None), // u64::MAX + 1
+            (Nchan, "1795299650:0", Some((1_795_299_650, 0))),
+            (Nchan, "1795299650:12", Some((1_795_299_650, 12))),
+            (Nchan, "1795299650", None),
+            (Nchan, "1795299650:[0,1]", None),
+            (Nchan, ":0", None),
+            (Nchan, "1795299650:-1", None),
+        ];
+        for &(proto, id, want) in cases {
+            assert_eq!(parse_event_id(proto, id), want, "{proto:?} {id:?}");
+        }
+        // nchan's ids order as pairs: a later second beats a larger tag.
+        let a = parse_event_id(Nchan, "1795299650:9").unwrap();
+        let b = parse_event_id(Nchan, "1795299651:0").unwrap();
+        assert!(a < b);
     }
 
     #[test]

@@ -134,14 +134,22 @@ pub struct Summary {
 }
 
 impl Summary {
-    /// Connected and held every target connection, lost nothing, finished in time,
-    /// and every worker reported.
+    /// Connected and held every target connection, lost nothing, got everything in
+    /// order, finished in time, and every worker reported.
     pub fn verdict(&self) -> bool {
+        use crate::errors::{BAD_EVENT_ID, EVENT_ID_ORDER, OUT_OF_ORDER, WORKER_FAILED};
         self.connected == self.connections_target
             && self.held == self.connections_target
             && (self.publish == 0 || (self.lost == 0 && self.expected > 0))
             && !self.max_time_expired
-            && !self.errors.contains_key(crate::errors::WORKER_FAILED)
+            && [WORKER_FAILED, OUT_OF_ORDER, EVENT_ID_ORDER, BAD_EVENT_ID]
+                .iter()
+                .all(|k| self.error_count(k) == 0)
+    }
+
+    /// Count of one error kind (0 when it did not occur).
+    pub fn error_count(&self, kind: &str) -> u64 {
+        self.errors.get(kind).copied().unwrap_or(0)
     }
 
     pub fn human(&self) -> String {
@@ -290,6 +298,22 @@ mod tests {
                 ..base.clone()
             },
         ];
+        let with_error = |kind: &str| {
+            let mut s = base.clone();
+            s.errors.insert(kind.to_owned(), 1);
+            s
+        };
+        let cases = cases.into_iter().chain(
+            [
+                crate::errors::WORKER_FAILED,
+                crate::errors::OUT_OF_ORDER,
+                crate::errors::EVENT_ID_ORDER,
+                crate::errors::BAD_EVENT_ID,
+            ]
+            .map(with_error),
+        );
+        // Errors that say nothing about loss or order leave the verdict to the counts.
+        assert!(with_error(crate::errors::RESET).verdict());
         for s in cases {
             assert!(!s.verdict(), "{s:?}");
         }
