@@ -5,7 +5,9 @@
 //! It also measures what a parked long-poll costs the server in user space: RSS growth
 //! from before the first connection to all 15 000 parked, divided by 15 000 (README's
 //! figure; `cargo test --release --test fanout -- --nocapture` prints it). The bound
-//! asserted is the issue's 256 bytes; the design target is 64.
+//! asserted is the design target, 64 bytes (the issue asked for at most 256); measured
+//! 56-57 in both debug and release builds, so a regression of one word per connection
+//! (e.g. the slab growing by doubling, which cost 74) fails it.
 
 mod common;
 
@@ -50,8 +52,8 @@ fn one_publish_reaches_15000_parked_polls() {
     // is measured and printed, not held to it.
     if testing_holdfast() {
         assert!(
-            per_conn <= 256.0,
-            "a parked long-poll costs {per_conn:.1} bytes of server RSS (budget 256)"
+            per_conn <= 64.0,
+            "a parked long-poll costs {per_conn:.1} bytes of server RSS (budget 64)"
         );
     }
 
