@@ -8,9 +8,9 @@ use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
-use serde_json::Value;
+mod common;
 
-const STRESS: &str = env!("CARGO_BIN_EXE_holdfast-stress");
+use common::stress;
 
 fn server_binary() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("HOLDFAST_STRESS_SERVER") {
@@ -69,20 +69,6 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// Runs the stress binary with `--json -`; returns (exit code, summary).
-fn stress(args: &[&str]) -> (i32, Value) {
-    let out = Command::new(STRESS)
-        .args(args)
-        .args(["--quiet", "--json", "-", "--max-time", "20s"])
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run holdfast-stress");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let summary =
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("summary is not JSON ({e}): {text}"));
-    (out.status.code().unwrap_or(-1), summary)
 }
 
 #[test]

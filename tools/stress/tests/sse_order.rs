@@ -5,13 +5,14 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
 
-const STRESS: &str = env!("CARGO_BIN_EXE_holdfast-stress");
+mod common;
+
+use common::stress;
 
 /// One event the server writes: its `id:` line (none when `None`) and the payload of
 /// which publish (1-based) it carries.
@@ -105,26 +106,28 @@ fn scripted_server(script: Vec<Vec<Event>>) -> (String, String) {
 /// Runs the stress tool in SSE mode, 2 streams, 3 publishes; returns (exit code, summary).
 fn run(protocol: &str, script: Vec<Vec<Event>>) -> (i32, Value) {
     let (public, admin) = scripted_server(script);
-    let out = Command::new(STRESS)
-        .args(["--target", &public, "--admin", &admin, "--mode", "sse"])
-        .args(["--protocol", protocol, "--connections", "2", "--procs", "1"])
-        .args([
-            "--publish",
-            "3",
-            "--publish-interval",
-            "50ms",
-            "--hold",
-            "200ms",
-        ])
-        .args(["--source-ips", "127.0.0.1", "--max-time", "20s"])
-        .args(["--quiet", "--json", "-"])
-        .stderr(Stdio::inherit())
-        .output()
-        .expect("run holdfast-stress");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let summary =
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("summary is not JSON ({e}): {text}"));
-    (out.status.code().unwrap_or(-1), summary)
+    stress(&[
+        "--target",
+        &public,
+        "--admin",
+        &admin,
+        "--mode",
+        "sse",
+        "--protocol",
+        protocol,
+        "--connections",
+        "2",
+        "--procs",
+        "1",
+        "--publish",
+        "3",
+        "--publish-interval",
+        "50ms",
+        "--hold",
+        "200ms",
+        "--source-ips",
+        "127.0.0.1",
+    ])
 }
 
 #[test]
