@@ -609,3 +609,34 @@ fn refused_requests_are_logged_with_the_proxy_reported_client_when_trusted() {
         assert!(!out.contains(not), "{flags:?}: log names {not:?}:\n{out}");
     }
 }
+
+/// A client may half-close (`shutdown(SHUT_WR)`, as `nc -N` does) once its request is
+/// sent and still expects the answer. Repeated, with the body arriving a moment after
+/// the head and the FIN right behind it, so that the close lands while the server is
+/// still working on the request.
+#[test]
+fn a_client_that_half_closes_after_its_request_still_gets_the_answer() {
+    let s = Server::start(&[]);
+    let head = "PUT /pub/half HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let mut failures = Vec::new();
+    for i in 0..50 {
+        let mut c = Conn::open(s.admin);
+        c.send(head.as_bytes());
+        std::thread::sleep(Duration::from_millis(2));
+        c.send(b"5\r\nhello\r\n0\r\n\r\n");
+        c.stream
+            .shutdown(std::net::Shutdown::Write)
+            .expect("shutdown(SHUT_WR)");
+        match c.read_response() {
+            Ok(r) if r.status == 201 => {}
+            Ok(r) => failures.push(format!("attempt {i}: {}", r.brief())),
+            Err(e) => failures.push(format!("attempt {i}: no answer: {e}")),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of 50 half-closed publishes went unanswered or wrong: {failures:#?}",
+        failures.len()
+    );
+    assert_eq!(stat(s.admin, "published"), 50);
+}

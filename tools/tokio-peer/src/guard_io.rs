@@ -37,8 +37,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize};
 use std::sync::atomic::{
     Ordering::AcqRel, Ordering::Acquire, Ordering::Relaxed, Ordering::Release, Ordering::SeqCst,
 };
-use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use holdfast::http::parse::MAX_REQUEST_LINE;
@@ -65,6 +65,13 @@ pub struct ConnShared {
     abort: Notify,
     /// The connection's SSE stream backlog, if it opened one.
     backlog: Backlog,
+    /// The client closed its side (read returned 0).
+    eof: AtomicBool,
+    /// Requests parked (a long-poll waiting, an SSE stream open). See [`GuardedIo`] on
+    /// holding back the client's EOF.
+    parked: AtomicU32,
+    /// The socket wrapper's read waker while it holds back an EOF.
+    reader: Mutex<Option<Waker>>,
 }
 
 /// How far a connection's SSE stream is behind (an event stream is close-delimited, so a
@@ -99,8 +106,36 @@ impl ConnShared {
     /// Marks a request as started; the guard ends it when dropped.
     pub fn begin(self: &Arc<Self>) -> InFlight {
         self.started.fetch_add(1, Release);
-        self.in_flight.fetch_add(1, Release);
+        self.in_flight.fetch_add(1, SeqCst);
         InFlight(self.clone())
+    }
+
+    /// Whether the client has closed its side: a subscribe answered now does not park.
+    pub fn client_closed(&self) -> bool {
+        self.eof.load(SeqCst)
+    }
+
+    /// A request parks (until the guard drops): an EOF from the client now means it is
+    /// gone, so one held back is handed to hyper, which drops the request.
+    pub fn park(self: &Arc<Self>) -> ParkGuard {
+        self.parked.fetch_add(1, SeqCst);
+        self.wake_reader();
+        ParkGuard(self.clone())
+    }
+
+    /// Whether hyper may see the client's EOF now: nothing is in flight, or what is in
+    /// flight waits for a publish that a gone client does not need.
+    fn eof_deliverable(&self) -> bool {
+        self.in_flight.load(SeqCst) == 0 || self.parked.load(SeqCst) > 0
+    }
+
+    fn wake_reader(&self) {
+        if self.eof.load(SeqCst) {
+            let w = self.reader.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(w) = w {
+                w.wake();
+            }
+        }
     }
 
     /// Asks the connection task to drop the connection now.
@@ -174,7 +209,17 @@ pub struct InFlight(Arc<ConnShared>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Release);
+        self.0.in_flight.fetch_sub(1, SeqCst);
+        self.0.wake_reader();
+    }
+}
+
+/// A parked request; see [`ConnShared::park`].
+pub struct ParkGuard(Arc<ConnShared>);
+
+impl Drop for ParkGuard {
+    fn drop(&mut self) {
+        self.0.parked.fetch_sub(1, SeqCst);
     }
 }
 
@@ -211,6 +256,8 @@ pub struct GuardedIo {
     /// line is complete (or while not reading a head).
     line: Option<usize>,
     outcome: Outcome,
+    /// The client's EOF was read and is being held back from hyper.
+    eof_held: bool,
 }
 
 impl GuardedIo {
@@ -225,6 +272,7 @@ impl GuardedIo {
             deadline: Box::pin(tokio::time::sleep(timeouts.header)),
             line: Some(0),
             outcome: Outcome::Open,
+            eof_held: false,
         }
     }
 
@@ -289,6 +337,25 @@ impl GuardedIo {
         Ok(())
     }
 
+    /// The client's EOF, handed to hyper only when [`ConnShared::eof_deliverable`]. hyper
+    /// (without `half_close`, which would stop it reading at all while a request is in
+    /// flight, so a parked poll would never notice its client leave) treats an EOF that
+    /// arrives before the response is written as the client gone and drops the response.
+    /// A client that half-closes after sending its request (`shutdown(SHUT_WR)`, as
+    /// `nc -N` does) still wants the answer; holdfast answers it, and so does this peer by
+    /// holding the EOF until the response is complete, unless the request is parked.
+    fn poll_held_eof(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !self.conn.eof_deliverable() {
+            *self.conn.reader.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
+            // Re-check: a request may have ended or parked before the waker was stored.
+            if !self.conn.eof_deliverable() {
+                return Poll::Pending;
+            }
+        }
+        self.outcome = Outcome::Eof;
+        Poll::Ready(Ok(()))
+    }
+
     /// Called when an operation is pending: fails it if the phase's deadline has passed
     /// (and registers the timer otherwise). A request in flight has no deadline here.
     fn check_deadline(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
@@ -314,13 +381,17 @@ impl AsyncRead for GuardedIo {
             return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
         }
         this.sync_phase(cx);
+        if this.eof_held {
+            return this.poll_held_eof(cx);
+        }
         let before = buf.filled().len();
         match Pin::new(&mut this.stream).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 let new = &buf.filled()[before..];
                 if new.is_empty() {
-                    this.outcome = Outcome::Eof;
-                    return Poll::Ready(Ok(()));
+                    this.conn.eof.store(true, SeqCst);
+                    this.eof_held = true;
+                    return this.poll_held_eof(cx);
                 }
                 // On an error the bytes just read are not handed to hyper: the
                 // connection ends either way.

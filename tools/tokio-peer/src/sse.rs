@@ -28,7 +28,7 @@ use hyper::body::Frame;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
-use crate::guard_io::InFlight;
+use crate::guard_io::{InFlight, ParkGuard};
 use crate::hub::{StreamItem, StreamReg, StreamState};
 use crate::server::App;
 use crate::subscribe::WORKER;
@@ -39,6 +39,8 @@ pub struct StreamGuard {
     pub _reg: StreamReg,
     /// The stream's registration in the store, one key per channel.
     pub keys: Vec<ChannelKey>,
+    /// An open stream is parked: the client's EOF ends it.
+    pub _park: ParkGuard,
     /// Keeps the connection "busy" for the socket wrapper (no idle deadline).
     pub _flight: InFlight,
 }

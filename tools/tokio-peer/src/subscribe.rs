@@ -62,10 +62,12 @@ pub async fn handle(
         .get_all(header::ACCEPT)
         .iter()
         .any(|v| has_token(v.as_bytes(), b"text/event-stream"));
-    if sse && !app.shutting_down() {
+    // A client that has closed its side gets an answer now, as from holdfast: no stream,
+    // no parking.
+    if sse && !app.shutting_down() && !conn.client_closed() {
         return open_stream(app, conn, flight, &names, cursor);
     }
-    long_poll(app, &names, cursor, timeout).await
+    long_poll(app, conn, &names, cursor, timeout).await
 }
 
 /// Valid, de-duplicated channel names, at most 64.
@@ -146,12 +148,13 @@ fn timed_out(app: &App, cursor: u64) -> Response<Body> {
 
 async fn long_poll(
     app: &Arc<App>,
+    conn: &Arc<ConnShared>,
     names: &[&str],
     cursor: Cursor,
     timeout: Duration,
 ) -> Response<Body> {
     let shutting_down = app.shutting_down();
-    if timeout.is_zero() || shutting_down {
+    if timeout.is_zero() || shutting_down || conn.client_closed() {
         return match app.store.subscribe(names, cursor, None, app.now_ms()) {
             Ok(Subscribed::Ready { msg, lost }) => deliver(app, &msg, lost),
             Ok(Subscribed::Waiting { .. }) if shutting_down => respond::shutting_down(),
@@ -173,6 +176,8 @@ async fn long_poll(
     };
     inc(&app.stats.parked);
     let parked = Parked { app, keys };
+    // From here the client leaving (EOF) ends the request.
+    let _park = conn.park();
 
     let deadline = tokio::time::sleep(timeout);
     tokio::pin!(deadline);
@@ -248,6 +253,7 @@ fn open_stream(
         app: app.clone(),
         _reg: reg,
         keys,
+        _park: conn.park(),
         _flight: flight,
     };
     let body = SseBody::new(
