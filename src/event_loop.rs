@@ -86,12 +86,32 @@ pub struct Worker {
     resume: Vec<(u32, u32)>,
     keys: [ChannelKey; pubsub::MAX_CHANNELS_PER_SUB],
     next_sweep: u64,
+    /// When to look at the listeners again (see [`Worker::retry_accept_soon`]).
+    accept_retry: Option<u64>,
+    /// When an unexpected accept error was last logged.
+    accept_error_logged: Option<u64>,
     shutting_down: Option<u64>,
     /// Refused-request log lines written in the current second, and suppressed ones.
     log_second: u64,
     log_lines: u32,
     log_suppressed: u32,
 }
+
+/// What spending the descriptor reserve on one queued client did.
+enum Spent {
+    /// Accepted it, answered 503, closed it.
+    Refused,
+    /// The queue was empty.
+    Drained,
+    /// Accept failed (another worker took the freed descriptor).
+    Failed,
+}
+
+/// Times in a row the reserve may fail to refuse a client before the accept loop stops
+/// and retries after [`ACCEPT_RETRY_MS`].
+const ACCEPT_STALLS: u32 = 8;
+/// See [`Worker::retry_accept_soon`].
+const ACCEPT_RETRY_MS: u64 = 10;
 
 /// Refused-request log lines per worker per second; more are counted, not written, so
 /// a flood of bad requests cannot turn into a flood of log I/O.
@@ -134,6 +154,8 @@ impl Worker {
             resume: Vec::new(),
             keys: [0; pubsub::MAX_CHANNELS_PER_SUB],
             next_sweep: now + 1000,
+            accept_retry: None,
+            accept_error_logged: None,
             shutting_down: None,
             log_second: 0,
             log_lines: 0,
@@ -171,6 +193,11 @@ impl Worker {
                     }
                 }
             }
+            if self.accept_retry.is_some_and(|at| self.now >= at) {
+                self.accept_retry = None;
+                self.accept(LISTEN_PUBLIC);
+                self.accept(LISTEN_ADMIN);
+            }
             self.expire_timers();
             self.drain_inbox();
             self.resume_released();
@@ -197,6 +224,9 @@ impl Worker {
         if self.shutting_down.is_some() {
             next = Some(next.map_or(self.now + 50, |n| n.min(self.now + 50)));
         }
+        if let Some(at) = self.accept_retry {
+            next = Some(next.map_or(at, |n| n.min(at)));
+        }
         next.map(|at| Duration::from_millis(at.saturating_sub(self.now)))
     }
 
@@ -218,6 +248,7 @@ impl Worker {
         let shared = Arc::clone(&self.shared);
         // Lost to another worker's accept last time descriptors ran out: take it back.
         shared.reserve.check();
+        let mut stalls = 0;
         loop {
             let Some(idx) = self.listeners.iter().position(|(lt, _)| *lt == t) else {
                 return;
@@ -238,20 +269,34 @@ impl Worker {
                     // Out of descriptors: spend the reserve to take one connection off
                     // the queue and refuse it. Without this the queue stays full and,
                     // level or edge, we would spin or stall. accept4 reports EMFILE
-                    // before it looks at the queue, so a spent reserve that took
-                    // nothing (queue empty, or another worker won the race for the
-                    // descriptor) must end the loop, or it spins.
-                    let took = shared
+                    // before it looks at the queue, so only an accept that finds the
+                    // queue empty ends the loop.
+                    let spent = shared
                         .reserve
                         .spend(|| match self.listeners[idx].1.accept() {
                             Ok((s, _)) => {
                                 self.refuse(s.into());
-                                true
+                                Spent::Refused
                             }
-                            Err(_) => false,
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Spent::Drained,
+                            Err(_) => Spent::Failed,
                         });
-                    if took != Some(true) || !shared.reserve.is_full() {
-                        return;
+                    match spent {
+                        Some(Spent::Drained) => return,
+                        Some(Spent::Refused) if shared.reserve.is_full() => stalls = 0,
+                        // Another worker's accept took the freed descriptor (it gives it
+                        // back in `Reserve::check` within microseconds), or the spare
+                        // could not be re-opened: clients may still be queued, and an
+                        // edge-triggered listener will not say so again.
+                        _ => {
+                            stalls += 1;
+                            if stalls > ACCEPT_STALLS {
+                                self.retry_accept_soon();
+                                return;
+                            }
+                            std::thread::yield_now();
+                            shared.reserve.check();
+                        }
                     }
                 }
                 Err(e)
@@ -260,11 +305,28 @@ impl Worker {
                         Some(libc::ECONNABORTED | libc::EPROTO | libc::EPERM)
                     ) => {}
                 Err(e) => {
-                    eprintln!("holdfast: worker {}: accept: {e}", self.id);
+                    // ENOBUFS, ENOMEM and the like: the queue may still hold clients.
+                    // Logged once a second at most, as it repeats every retry.
+                    if self
+                        .accept_error_logged
+                        .is_none_or(|t| self.now >= t + 1000)
+                    {
+                        self.accept_error_logged = Some(self.now);
+                        eprintln!("holdfast: worker {}: accept: {e}", self.id);
+                    }
+                    self.retry_accept_soon();
                     return;
                 }
             }
         }
+    }
+
+    /// Looks at both listeners again after [`ACCEPT_RETRY_MS`]: set when an accept loop
+    /// had to stop while clients may still be queued (edge-triggered readiness will not
+    /// report them again until another client arrives).
+    fn retry_accept_soon(&mut self) {
+        let at = self.now + ACCEPT_RETRY_MS;
+        self.accept_retry = Some(self.accept_retry.map_or(at, |r| r.min(at)));
     }
 
     fn refuse(&mut self, mut s: TcpStream) {

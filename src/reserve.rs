@@ -51,7 +51,7 @@ impl Reserve {
     /// process is at its limit), so the caller refuses that connection and calls
     /// [`refill`](Self::refill).
     pub fn check(&self) -> bool {
-        self.full.load(Ordering::Acquire) || self.refill()
+        self.full.load(Ordering::SeqCst) || self.refill()
     }
 
     /// Opens the spare descriptor if the reserve lacks it; whether it now holds one.
@@ -71,8 +71,11 @@ impl Reserve {
     /// wait on the lock in [`check`](Self::check) and give it back.
     pub fn spend<T>(&self, refuse_one: impl FnOnce() -> T) -> Option<T> {
         let mut g = self.lock();
-        g.take()?;
-        self.full.store(false, Ordering::Release);
+        let spare = g.take()?;
+        // "Empty" must be visible before the descriptor is free: a worker whose accept
+        // takes it then sees the reserve empty and gives the descriptor back in `check`.
+        self.full.store(false, Ordering::SeqCst);
+        drop(spare);
         let out = refuse_one();
         *g = File::open("/dev/null").ok();
         self.full.store(g.is_some(), Ordering::Release);
