@@ -180,7 +180,10 @@ impl Io {
             "read with {} buffered, limit {limit}",
             self.buffered()
         );
-        if self.rend == self.rbuf.len() && self.rpos > 0 {
+        // Compact before growing: a keep-alive client whose every read ends a request
+        // and starts the next never empties the buffer, so without this it would double
+        // with the total bytes sent rather than with what is unhandled.
+        if self.rpos > 0 && self.rbuf.len() - self.rend < 1024 {
             self.compact();
         }
         if self.rbuf.len() - self.rend < 1024 {
@@ -315,6 +318,25 @@ mod tests {
         assert!(io.read_from(&mut Drained, LIMIT).is_err());
         assert_eq!(io.input(), &[7, b'x']);
         assert_eq!(io.rbuf.as_ptr(), ptr, "no reallocation");
+    }
+
+    #[test]
+    fn pipelined_input_that_never_drains_does_not_grow_the_buffer() {
+        // Each read ends one request and starts the next: rpos never returns to 0.
+        let mut io = Io::default();
+        io.read_from(&mut Scribble { n: 100, fill: 1 }, LIMIT)
+            .unwrap();
+        for _ in 0..100_000 {
+            io.read_from(&mut Scribble { n: 600, fill: 2 }, LIMIT)
+                .unwrap();
+            io.consume(600);
+            assert_eq!(io.buffered(), 100);
+        }
+        assert!(
+            io.rbuf.len() <= 8192,
+            "buffer grew to {} bytes holding 100 unhandled",
+            io.rbuf.len()
+        );
     }
 
     #[test]

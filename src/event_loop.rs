@@ -655,6 +655,15 @@ impl Worker {
                     }
                 }
                 if !decoder.is_done() {
+                    // Drop the framing decoded so far from the buffer (the head stays), so
+                    // the raw bytes held are bounded by the decoded body, not by how the
+                    // client chunked it: 1-byte chunks take 6 bytes each.
+                    if used > 0 {
+                        let from = io.rpos + head_len;
+                        io.rbuf.copy_within(from + used..io.rend, from);
+                        io.rend -= used;
+                        used = 0;
+                    }
                     io.body = Some(BodyProgress::Chunked {
                         decoder,
                         consumed: used,

@@ -206,6 +206,33 @@ fn oversized_content_length_with_expect_is_rejected_before_the_body() {
     assert_eq!(r.status, 413, "{}", r.brief());
 }
 
+/// A body under --max-message-size (64 KiB by default) sent in 1-byte chunks: 6 raw
+/// bytes per payload byte, 240 KB of framing for 40,000 bytes. It must be accepted,
+/// however the client chose to chunk it, not stall at a raw-buffer limit.
+#[test]
+fn a_body_in_one_byte_chunks_is_accepted_up_to_the_message_size() {
+    let s = Server::start(&[]);
+    let payload: Vec<u8> = (0..40_000).map(|i| b'a' + (i % 26) as u8).collect();
+    let mut raw = request_bytes(
+        "POST",
+        "/pub/tiny-chunks",
+        &[("Transfer-Encoding", "chunked")],
+        None,
+    );
+    for &b in &payload {
+        raw.extend_from_slice(b"1\r\n");
+        raw.push(b);
+        raw.extend_from_slice(b"\r\n");
+    }
+    raw.extend_from_slice(b"0\r\n\r\n");
+    let mut c = Conn::open(s.admin);
+    c.send(&raw);
+    let r = c.response();
+    let id = publish_id(&r);
+    let m = poll(s.public, "/sub/tiny-chunks?since=0&timeout=0");
+    assert_eq!(assert_delivery(&m, "tiny-chunks", &payload), id);
+}
+
 #[test]
 fn chunked_publish_body_is_reassembled() {
     let s = Server::start(&[]);
