@@ -1056,7 +1056,7 @@ impl Worker {
             let c = &self.conns[ck];
             if c.phase == Phase::Stream {
                 if msg.id > c.cursor {
-                    let lost = c.cursor != 0 && evicted_max > c.cursor;
+                    let lost = c.has(flag::LOST) || (c.cursor != 0 && evicted_max > c.cursor);
                     let named = c.has(flag::MULTI);
                     let frame = frames[named as usize]
                         .get_or_insert_with(|| {
@@ -1066,6 +1066,7 @@ impl Worker {
                         })
                         .clone();
                     self.conns[ck].cursor = msg.id;
+                    self.conns[ck].clear(flag::LOST);
                     let mut gap = Vec::new();
                     if lost {
                         sse::lost(&mut gap, msg.id);
@@ -1499,10 +1500,13 @@ impl Worker {
                     inc(&self.shared.stats.delivered);
                     cursor = Cursor::Since(msg.id);
                 }
-                // Nothing newer: the store registered us on every channel.
-                Ok(Subscribed::Waiting { cursor, .. }) => break cursor,
+                // Nothing newer: the store registered us on every channel. A gap seen
+                // now (a channel freed after losing messages newer than the cursor)
+                // is announced with the next event, as for a long-poll.
+                Ok(Subscribed::Waiting { cursor, lost }) => break (cursor, lost),
             }
         };
+        let (last, lost) = last;
         let out = std::mem::take(&mut self.out);
         self.send(key, &[&out], None);
         self.out = out;
@@ -1512,6 +1516,9 @@ impl Worker {
         c.set(flag::CLOSE_AFTER | flag::SERVED);
         if named {
             c.set(flag::MULTI);
+        }
+        if lost {
+            c.set(flag::LOST);
         }
         inc(&self.shared.stats.sse_streams);
         Outcome::Parked

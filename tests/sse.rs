@@ -409,6 +409,27 @@ fn gap_is_a_lost_event_naming_the_next_id_right_before_it() {
     assert_eq!(c.block(), text_event(&ids[3], Some("gap"), &["m4"]));
 }
 
+/// A stream on two channels, one of which expired and was freed while the client was
+/// away: the gap is announced with the first event, even when that event comes from the
+/// other channel (the cursor moves past the freed channel's lost ids with it).
+#[test]
+fn a_gap_on_a_freed_channel_is_announced_on_a_multi_channel_stream() {
+    let s = Server::start(&["--message-ttl", "1"]);
+    let read = pub_id(&s, "away", b"read");
+    pub_id(&s, "away", b"missed");
+    std::thread::sleep(Duration::from_millis(2500));
+    wait_stat(s.admin, "channels", 0, 3 * SEC);
+
+    let mut c = Sse::open(s.public, &format!("/sub/away,other?since={read}"), &[]);
+    wait_stat(s.admin, "sse_streams", 1, 5 * SEC);
+    let next = pub_id(&s, "other", b"next");
+    assert_eq!(c.block(), format!("event: lost\ndata: {next}\n\n"));
+    assert_eq!(c.block(), text_event(&next, Some("other"), &["next"]));
+    // Announced once.
+    let after = pub_id(&s, "away", b"after");
+    assert_eq!(c.block(), text_event(&after, Some("away"), &["after"]));
+}
+
 #[test]
 fn deleting_the_channel_sends_deleted_then_closes_the_stream() {
     let s = Server::start(&[]);

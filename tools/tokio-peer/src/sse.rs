@@ -64,6 +64,8 @@ pub struct SseBody {
     heartbeat: Interval,
     /// Id of the last message sent.
     cursor: u64,
+    /// A gap seen when the stream opened, announced before the next event.
+    lost: bool,
     done: bool,
     guard: StreamGuard,
 }
@@ -75,6 +77,7 @@ impl SseBody {
         state: Arc<StreamState>,
         heartbeat: Duration,
         cursor: u64,
+        lost: bool,
         guard: StreamGuard,
     ) -> SseBody {
         let mut heartbeat = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
@@ -86,6 +89,7 @@ impl SseBody {
             state,
             heartbeat,
             cursor,
+            lost,
             done: false,
             guard,
         }
@@ -128,7 +132,8 @@ impl hyper::body::Body for SseBody {
                     if id <= this.cursor {
                         continue; // already sent from the store's buffer
                     }
-                    let lost = this.cursor != 0 && evicted_max > this.cursor;
+                    let lost = this.lost || (this.cursor != 0 && evicted_max > this.cursor);
+                    this.lost = false;
                     this.cursor = id;
                     inc(&this.guard.app.stats.delivered);
                     if lost {

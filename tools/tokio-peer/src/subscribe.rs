@@ -244,10 +244,12 @@ fn open_stream(
                 inc(&app.stats.delivered);
                 next = Cursor::Since(msg.id);
             }
-            // Nothing newer: the store has registered the stream on every channel.
-            Ok(Subscribed::Waiting { cursor, .. }) => break cursor,
+            // Nothing newer: the store has registered the stream on every channel. A gap
+            // seen now is announced with the next event.
+            Ok(Subscribed::Waiting { cursor, lost }) => break (cursor, lost),
         }
     };
+    let (cursor, lost) = cursor;
     inc(&app.stats.sse_streams);
     let guard = StreamGuard {
         app: app.clone(),
@@ -262,6 +264,7 @@ fn open_stream(
         state,
         app.limits.sse_heartbeat,
         cursor,
+        lost,
         guard,
     );
     respond::event_stream(body)
