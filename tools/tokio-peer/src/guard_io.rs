@@ -356,6 +356,22 @@ impl GuardedIo {
         Poll::Ready(Ok(()))
     }
 
+    /// Accounts for a write's outcome: a refused one counts against an SSE backlog and
+    /// against the phase's deadline.
+    fn after_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        if r.is_pending() {
+            self.conn.write_refused();
+            self.check_deadline(cx)?;
+        } else {
+            self.conn.write_accepted();
+        }
+        r
+    }
+
     /// Called when an operation is pending: fails it if the phase's deadline has passed
     /// (and registers the timer otherwise). A request in flight has no deadline here.
     fn check_deadline(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
@@ -414,17 +430,8 @@ impl AsyncWrite for GuardedIo {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         this.sync_phase(cx);
-        match Pin::new(&mut this.stream).poll_write(cx, buf) {
-            Poll::Pending => {
-                this.conn.write_refused();
-                this.check_deadline(cx)?;
-                Poll::Pending
-            }
-            ready => {
-                this.conn.write_accepted();
-                ready
-            }
-        }
+        let r = Pin::new(&mut this.stream).poll_write(cx, buf);
+        this.after_write(cx, r)
     }
 
     fn poll_write_vectored(
@@ -434,17 +441,8 @@ impl AsyncWrite for GuardedIo {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         this.sync_phase(cx);
-        match Pin::new(&mut this.stream).poll_write_vectored(cx, bufs) {
-            Poll::Pending => {
-                this.conn.write_refused();
-                this.check_deadline(cx)?;
-                Poll::Pending
-            }
-            ready => {
-                this.conn.write_accepted();
-                ready
-            }
-        }
+        let r = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        this.after_write(cx, r)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -56,28 +56,6 @@ pub struct Signal {
     deleted_gen: AtomicU32,
 }
 
-/// A stream's identity in the hub, and the connection whose backlog it counts against
-/// (see `guard_io::ConnShared::queue` for the cut-off rule).
-pub struct StreamState {
-    conn: Arc<ConnShared>,
-}
-
-impl StreamState {
-    pub fn new(conn: Arc<ConnShared>, max_backlog: usize) -> StreamState {
-        conn.open_stream(max_backlog);
-        StreamState { conn }
-    }
-
-    /// The body took `n` bytes off the queue.
-    pub fn taken(&self, n: usize) {
-        self.conn.taken(n);
-    }
-
-    pub fn is_cut(&self) -> bool {
-        self.conn.is_cut()
-    }
-}
-
 /// What the hub sends an SSE stream.
 pub enum StreamItem {
     /// A published message, already framed for this stream.
@@ -94,12 +72,14 @@ struct StreamTx {
     tx: mpsc::UnboundedSender<StreamItem>,
     /// Subscribed to more than one channel: frames carry `event: CHANNEL`.
     named: bool,
-    state: Arc<StreamState>,
+    /// The stream's connection: its backlog, and (one stream per connection, as an
+    /// event stream is close-delimited) its identity.
+    conn: Arc<ConnShared>,
 }
 
 impl StreamTx {
     fn push(&self, item: StreamItem, len: usize) {
-        if self.state.conn.queue(len) {
+        if self.conn.queue(len) {
             // A send fails only if the body is gone, and then its registration is going
             // too.
             let _ = self.tx.send(item);
@@ -241,7 +221,7 @@ impl Hub {
         self: &Arc<Self>,
         names: &[&str],
         tx: mpsc::UnboundedSender<StreamItem>,
-        state: Arc<StreamState>,
+        conn: Arc<ConnShared>,
     ) -> Option<StreamReg> {
         let mut g = self.lock();
         if g.closed {
@@ -255,14 +235,14 @@ impl Hub {
                 let slot = e.streams.insert(StreamTx {
                     tx: tx.clone(),
                     named,
-                    state: state.clone(),
+                    conn: conn.clone(),
                 });
                 (name, slot)
             })
             .collect();
         Some(StreamReg {
             hub: self.clone(),
-            state,
+            conn,
             slots,
         })
     }
@@ -347,7 +327,7 @@ impl Armed<'_> {
 /// An SSE stream's registration in the hub; removed on drop.
 pub struct StreamReg {
     hub: Arc<Hub>,
-    state: Arc<StreamState>,
+    conn: Arc<ConnShared>,
     slots: Vec<(Arc<str>, usize)>,
 }
 
@@ -360,7 +340,7 @@ impl Drop for StreamReg {
                 // remove our own sender.
                 if e.streams
                     .get(slot)
-                    .is_some_and(|s| Arc::ptr_eq(&s.state, &self.state))
+                    .is_some_and(|s| Arc::ptr_eq(&s.conn, &self.conn))
                 {
                     e.streams.remove(slot);
                 }

@@ -28,8 +28,8 @@ use hyper::body::Frame;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
-use crate::guard_io::{InFlight, ParkGuard};
-use crate::hub::{StreamItem, StreamReg, StreamState};
+use crate::guard_io::{ConnShared, InFlight, ParkGuard};
+use crate::hub::{StreamItem, StreamReg};
 use crate::server::App;
 use crate::subscribe::WORKER;
 
@@ -60,7 +60,8 @@ pub struct SseBody {
     /// A frame held back behind the `event: lost` frame that precedes it.
     pending: Option<Bytes>,
     rx: mpsc::UnboundedReceiver<StreamItem>,
-    state: Arc<StreamState>,
+    /// The connection: the stream's backlog accounting.
+    conn: Arc<ConnShared>,
     heartbeat: Interval,
     /// Id of the last message sent.
     cursor: u64,
@@ -74,7 +75,7 @@ impl SseBody {
     pub fn new(
         first: Bytes,
         rx: mpsc::UnboundedReceiver<StreamItem>,
-        state: Arc<StreamState>,
+        conn: Arc<ConnShared>,
         heartbeat: Duration,
         cursor: u64,
         lost: bool,
@@ -86,7 +87,7 @@ impl SseBody {
             first: Some(first),
             pending: None,
             rx,
-            state,
+            conn,
             heartbeat,
             cursor,
             lost,
@@ -115,7 +116,7 @@ impl hyper::body::Body for SseBody {
         if let Some(b) = this.first.take().or_else(|| this.pending.take()) {
             return Self::data(b);
         }
-        if this.state.is_cut() {
+        if this.conn.is_cut() {
             this.done = true;
             return Poll::Ready(Some(Err(io::Error::other(
                 "event stream fell more than --sse-max-backlog behind",
@@ -128,7 +129,7 @@ impl hyper::body::Body for SseBody {
                     evicted_max,
                     frame,
                 })) => {
-                    this.state.taken(frame.len());
+                    this.conn.taken(frame.len());
                     if id <= this.cursor {
                         continue; // already sent from the store's buffer
                     }

@@ -27,7 +27,6 @@ use hyper::{Response, StatusCode};
 use tokio::sync::mpsc;
 
 use crate::guard_io::{ConnShared, InFlight};
-use crate::hub::StreamState;
 use crate::respond::{self, Body};
 use crate::server::App;
 use crate::service::has_token;
@@ -221,8 +220,8 @@ fn open_stream(
 ) -> Response<Body> {
     let named = names.len() > 1;
     let (tx, rx) = mpsc::unbounded_channel();
-    let state = Arc::new(StreamState::new(conn.clone(), app.hub.max_backlog()));
-    let Some(reg) = app.hub.add_stream(names, tx, state.clone()) else {
+    conn.open_stream(app.hub.max_backlog());
+    let Some(reg) = app.hub.add_stream(names, tx, conn.clone()) else {
         return respond::shutting_down();
     };
     let mut first = Vec::with_capacity(512);
@@ -261,7 +260,7 @@ fn open_stream(
     let body = SseBody::new(
         first.into(),
         rx,
-        state,
+        conn.clone(),
         app.limits.sse_heartbeat,
         cursor,
         lost,
