@@ -9,12 +9,15 @@ use std::io::{self, Read};
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use holdfast::conn::Io;
-use holdfast::http::parse::{check_partial, head_end, parse_head, Parsed};
+use holdfast::buffer::Io;
+use holdfast::http::framing::Framed;
+use holdfast::http::parse::{head_end, parse_head, Parsed};
 use holdfast::http::respond;
 use holdfast::park::{ParkLink, ParkSlots, Parking};
-use holdfast::pubsub::{Cursor, Store, StoreConfig, Subscribed};
+use holdfast::store::{ChannelKey, Cursor, Group, Silent, Store, StoreConfig, Subscribed};
+use holdfast::stream::{Event, Framing};
 use holdfast::wheel::{TimerNode, TimerSlots, Wheel};
+use std::sync::Arc;
 
 const SUB: &[u8] = b"GET /sub/user.42,group.7,all?since=1732200000000042&timeout=30 HTTP/1.1\r\n\
 Host: push.example.com\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36\r\n\
@@ -46,7 +49,8 @@ impl Read for Drained {
 }
 
 /// What the worker does for a slow-loris client: per readiness event, read one byte,
-/// read again to `WouldBlock`, and look at the new byte for the end of the head.
+/// read again to `WouldBlock`, and frame the input (which looks only at the new byte
+/// for the end of the head; the last byte completes and parses it).
 fn dribble(c: &mut Criterion) {
     let mut g = c.benchmark_group("read");
     g.throughput(Throughput::Bytes(SUB.len() as u64));
@@ -59,14 +63,12 @@ fn dribble(c: &mut Criterion) {
                     .expect("one byte");
                 debug_assert_eq!(n, 1);
                 assert!(io.read_from(&mut Drained, 64 * 1024).is_err());
-                let mut scanned = io.scanned;
-                if let Some(end) = head_end(io.input(), &mut scanned) {
-                    black_box(end);
-                    io.consume(end);
-                } else {
-                    io.scanned = scanned;
-                    check_partial(io.input()).expect("within limits");
-                }
+                let len = match io.frame(64 * 1024) {
+                    Framed::Partial { .. } => continue,
+                    Framed::Request { len, .. } => black_box(len),
+                    Framed::Refused { status, .. } => panic!("refused: {status}"),
+                };
+                io.consume(len);
             }
             assert!(io.input().is_empty(), "the head ends with the last byte");
         })
@@ -156,8 +158,26 @@ impl ParkSlots for Links {
     }
 }
 
+/// Real channel keys: parking only stores and compares them.
+fn channel_keys(n: usize) -> Vec<ChannelKey> {
+    let store = Store::new(StoreConfig::unbounded(16, 60_000), Arc::new(Silent));
+    let group = Group::new(0).expect("group 0");
+    (0..n)
+        .map(|i| {
+            let name = format!("c{i}");
+            let mut key = [ChannelKey::NONE];
+            let parked = Some((group, &mut key[..]));
+            store
+                .subscribe(&[&name], Cursor::Latest, parked, 0)
+                .unwrap();
+            key[0]
+        })
+        .collect()
+}
+
 fn park(c: &mut Criterion) {
     const N: u32 = 10_000;
+    let k = channel_keys(19);
     let mut g = c.benchmark_group("park");
     g.throughput(Throughput::Elements(u64::from(N)));
     let mut links = Links(vec![ParkLink::new(); N as usize]);
@@ -165,7 +185,7 @@ fn park(c: &mut Criterion) {
     g.bench_function("park_unpark_single_channel", |b| {
         b.iter(|| {
             for i in 0..N {
-                p.park(&mut links, i, &[u64::from(i % 16)]);
+                p.park(&mut links, i, &[k[(i % 16) as usize]]);
             }
             for i in 0..N {
                 p.unpark(&mut links, i, |k, e| {
@@ -177,7 +197,7 @@ fn park(c: &mut Criterion) {
     g.bench_function("park_unpark_three_channels", |b| {
         b.iter(|| {
             for i in 0..N {
-                p.park(&mut links, i, &[1, 2, u64::from(i % 16) + 3]);
+                p.park(&mut links, i, &[k[1], k[2], k[(i % 16) as usize + 3]]);
             }
             for i in 0..N {
                 p.unpark(&mut links, i, |k, e| {
@@ -190,14 +210,17 @@ fn park(c: &mut Criterion) {
 }
 
 fn render(c: &mut Criterion) {
-    let store = Store::with_seed(StoreConfig::unbounded(16, 60_000), 1_732_200_000_000_000);
+    let store = Store::with_seed(
+        StoreConfig::unbounded(16, 60_000),
+        1_732_200_000_000_000,
+        Arc::new(Silent),
+    );
     store
         .publish(
             "news",
             Some(Bytes::from_static(b"application/json")),
             Bytes::from(vec![b'x'; 512]),
             0,
-            |_, _| {},
         )
         .unwrap();
     let msg = match store
@@ -214,14 +237,20 @@ fn render(c: &mut Criterion) {
     g.bench_function("message_head_once_per_fanout", |b| {
         b.iter(|| {
             out.clear();
-            respond::message_head(&mut out, black_box(&msg), &date);
+            let m = black_box(&msg);
+            respond::message_head(
+                &mut out,
+                &Event::from(&**m),
+                m.content_type.as_deref(),
+                &date,
+            );
             black_box(out.len())
         })
     });
     g.bench_function("sse_event_once_per_fanout", |b| {
         b.iter(|| {
             out.clear();
-            holdfast::sse::event(&mut out, black_box(&msg), true);
+            Framing::Sse.message(&mut out, &Event::from(&**black_box(&msg)), true);
             black_box(out.len())
         })
     });

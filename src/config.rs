@@ -1,6 +1,6 @@
 //! Command-line flags, their defaults, and validation.
 //!
-//! Every flag of PROTOCOL.md lives here with its default. Durations take whole seconds
+//! Every flag of `docs/protocol.md` lives here with its default. Durations take whole seconds
 //! (`30`) or a number with a unit (`500ms`, `30s`, `5m`, `1h`); sizes take bytes or a
 //! unit (`64KiB`, `1MiB`, `1KB`). A bad value is a clear message and exit status 2
 //! (clap's convention), never a panic.
@@ -9,6 +9,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
+
+use crate::store::StoreConfig;
+use crate::subscribe::Holds;
 
 /// Parsed, validated configuration. `Server::start` takes it as is.
 #[derive(Parser, Debug, Clone)]
@@ -91,8 +94,13 @@ pub struct Config {
     pub sse_max_backlog: u64,
 }
 
-/// Most threads a server may run: publish notifications use one bit per worker.
-pub const MAX_THREADS: usize = 64;
+/// Most threads a server may run: each worker is one subscriber group of the store.
+pub const MAX_THREADS: usize = crate::store::MAX_GROUPS;
+
+/// Descriptors kept back from `--max-connections` for listeners, epoll, wakers, stdio
+/// and the spare used on `EMFILE`.
+const FD_RESERVE_BASE: u64 = 32;
+const FD_RESERVE_PER_THREAD: u64 = 8;
 
 impl Config {
     /// Defaults for everything, listening on free loopback ports (for tests and embedding).
@@ -110,6 +118,33 @@ impl Config {
                 .map(|n| n.get())
                 .unwrap_or(1)
                 .min(MAX_THREADS)
+        })
+    }
+
+    /// The store's share of the flags.
+    pub fn store_config(&self) -> StoreConfig {
+        StoreConfig {
+            buffer_messages: self.buffer_messages,
+            message_ttl_ms: self.message_ttl.as_millis() as u64,
+            max_bytes: usize::try_from(self.max_memory).unwrap_or(usize::MAX),
+            max_channels: self.max_channels,
+        }
+    }
+
+    /// The long-poll hold times.
+    pub fn holds(&self) -> Holds {
+        Holds {
+            default: self.poll_timeout,
+            max: self.max_poll_timeout,
+        }
+    }
+
+    /// `--max-connections`, or by default what the open-file limit `nofile` allows with
+    /// descriptors kept back for the server's own use.
+    pub fn max_connections_for(&self, nofile: u64) -> usize {
+        self.max_connections.unwrap_or_else(|| {
+            let reserve = FD_RESERVE_BASE + FD_RESERVE_PER_THREAD * self.thread_count() as u64;
+            nofile.saturating_sub(reserve).max(1) as usize
         })
     }
 
@@ -137,13 +172,13 @@ impl Config {
         if self.max_message_size == 0 {
             return Err("--max-message-size must be greater than 0".into());
         }
-        let one = self.max_message_size + crate::pubsub::MESSAGE_OVERHEAD as u64;
+        let one = self.max_message_size + crate::store::MESSAGE_OVERHEAD as u64;
         if self.max_memory < one {
             return Err(format!(
                 "--max-memory ({} bytes) must hold at least one largest message ({} bytes: --max-message-size plus {} bytes of bookkeeping)",
                 self.max_memory,
                 one,
-                crate::pubsub::MESSAGE_OVERHEAD
+                crate::store::MESSAGE_OVERHEAD
             ));
         }
         if self.listen == self.admin_listen && self.listen.port() != 0 {

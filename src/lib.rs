@@ -1,24 +1,25 @@
-//! holdfast: an HTTP/1.1 long-polling and Server-Sent-Events pub/sub server whose
-//! reason to exist is cost per held connection.
+//! holdfast's I/O-free core: everything both servers share — the mio server in this
+//! package's binary (`src/server/`) and the tokio peer (`tools/tokio-peer`). Neither the
+//! event loop nor any socket code is in this library, so the peer cannot reach them.
 //!
-//! Map: [`config`] (flags) → [`server`] (start/stop) → [`event_loop`] (one mio worker
-//! per thread) driving [`conn`]ections through [`http`] parsing and rendering; parked
-//! subscribers wait in [`park`] lists with timeouts on the [`wheel`]; messages live in the
-//! shared [`pubsub`] store; [`stats`] counts; [`sys`] holds the only `unsafe`.
+//! Map: [`config`] (flags) · [`store`] (channels, buffers, ids, gaps; tells a
+//! [`store::Notifier`] about messages) · [`subscribe`] (what a subscribe request asks
+//! for) · [`stream`] (stream framing: SSE today) · [`http`] (request heads, request
+//! framing, chunked bodies, response rendering) · [`buffer`] (a connection's read buffer
+//! and write queue) · [`park`] (per-worker waiter lists) · [`wheel`] (timers) ·
+//! [`stats`] (counters) · [`sys`] (the only `unsafe`: libc calls std lacks).
+//! The contract all of it implements is `docs/protocol.md`.
 #![deny(unsafe_code)]
 
+pub mod buffer;
 pub mod config;
-pub mod conn;
-pub mod event_loop;
 pub mod http;
 pub mod park;
-pub mod pubsub;
-pub mod reserve;
-pub mod server;
-pub mod sse;
 pub mod stats;
+pub mod store;
+pub mod stream;
+pub mod subscribe;
 pub mod sys;
 pub mod wheel;
 
 pub use config::Config;
-pub use server::{start, Handle};

@@ -1,12 +1,24 @@
 //! `holdfast` binary: flags → config → server; waits for SIGINT/SIGTERM, then shuts
 //! down gracefully (parked polls get 503 + Retry-After) and exits 0.
+//!
+//! The mio server lives in [`server`], compiled into this binary only; the library
+//! (`src/lib.rs`) is the I/O-free core it shares with the tokio peer.
+#![deny(unsafe_code)]
+
+mod server;
 
 use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
 use holdfast::config::Config;
-use holdfast::{server, sys};
+use holdfast::sys;
+
+/// Counts allocations for the steady-state test (`server::worker::tests`); test builds
+/// only.
+#[cfg(test)]
+#[global_allocator]
+static ALLOC: server::alloc_count::CountingAlloc = server::alloc_count::CountingAlloc::new();
 
 fn main() -> ExitCode {
     let cfg = Config::parse();

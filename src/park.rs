@@ -17,7 +17,7 @@ use std::collections::HashMap;
 
 use slab::Slab;
 
-use crate::pubsub::ChannelKey;
+use crate::store::ChannelKey;
 
 pub const NIL: u32 = u32::MAX;
 /// `ParkLink::list` of a multi-channel subscriber (its nodes are side nodes).
@@ -164,7 +164,7 @@ impl Parking {
         list.len -= 1;
         let key = list.key;
         if list.len == 0 {
-            debug_assert_eq!(list.head, NIL, "empty list {key:#x} still has a head");
+            debug_assert_eq!(list.head, NIL, "empty list {key:?} still has a head");
             self.lists.remove(l as usize);
             self.by_key.remove(&key);
             (key, true)
@@ -261,6 +261,10 @@ impl Parking {
 mod tests {
     use super::*;
 
+    fn k(n: u32) -> ChannelKey {
+        ChannelKey::test(n)
+    }
+
     struct Slots(Vec<ParkLink>);
     impl ParkSlots for Slots {
         fn link(&mut self, conn: u32) -> &mut ParkLink {
@@ -283,28 +287,28 @@ mod tests {
     fn single_and_multi_channel_waiters() {
         let mut s = Slots(vec![ParkLink::new(); 8]);
         let mut p = Parking::new();
-        p.park(&mut s, 0, &[10]);
-        p.park(&mut s, 1, &[10, 20, 30]);
-        p.park(&mut s, 2, &[20]);
-        p.park(&mut s, 3, &[10]);
-        assert_eq!(waiters(&p, &mut s, 10), vec![0, 1, 3]);
-        assert_eq!(waiters(&p, &mut s, 20), vec![1, 2]);
-        assert_eq!(waiters(&p, &mut s, 30), vec![1]);
-        assert_eq!(p.len(10), 3);
+        p.park(&mut s, 0, &[k(10)]);
+        p.park(&mut s, 1, &[k(10), k(20), k(30)]);
+        p.park(&mut s, 2, &[k(20)]);
+        p.park(&mut s, 3, &[k(10)]);
+        assert_eq!(waiters(&p, &mut s, k(10)), vec![0, 1, 3]);
+        assert_eq!(waiters(&p, &mut s, k(20)), vec![1, 2]);
+        assert_eq!(waiters(&p, &mut s, k(30)), vec![1]);
+        assert_eq!(p.len(k(10)), 3);
 
         let mut removed = vec![];
-        p.unpark(&mut s, 1, |k, e| removed.push((k, e)));
+        p.unpark(&mut s, 1, |key, e| removed.push((key, e)));
         removed.sort();
-        assert_eq!(removed, vec![(10, false), (20, false), (30, true)]);
-        assert_eq!(waiters(&p, &mut s, 10), vec![0, 3]);
-        assert_eq!(waiters(&p, &mut s, 30), Vec::<u32>::new());
+        assert_eq!(removed, vec![(k(10), false), (k(20), false), (k(30), true)]);
+        assert_eq!(waiters(&p, &mut s, k(10)), vec![0, 3]);
+        assert_eq!(waiters(&p, &mut s, k(30)), Vec::<u32>::new());
         assert!(!s.0[1].is_parked());
         assert!(p.side.is_empty());
 
         // Middle, head and tail removals keep the list consistent.
         p.unpark(&mut s, 0, |_, _| {});
-        assert_eq!(waiters(&p, &mut s, 10), vec![3]);
-        p.unpark(&mut s, 3, |k, e| assert_eq!((k, e), (10, true)));
+        assert_eq!(waiters(&p, &mut s, k(10)), vec![3]);
+        p.unpark(&mut s, 3, |key, e| assert_eq!((key, e), (k(10), true)));
         p.unpark(&mut s, 2, |_, _| {});
         assert_eq!(p.lists(), 0);
         assert!(p.by_key.is_empty());
@@ -327,24 +331,24 @@ mod tests {
             let c = x % n;
             if on[c as usize].is_empty() {
                 let keys: Vec<ChannelKey> = match x % 3 {
-                    0 => vec![1, 2, 3],
-                    1 => vec![u64::from(x % 4)],
-                    _ => vec![2, 0],
+                    0 => vec![k(1), k(2), k(3)],
+                    1 => vec![k(x % 4)],
+                    _ => vec![k(2), k(0)],
                 };
                 p.park(&mut s, c, &keys);
                 on[c as usize] = keys;
             } else {
                 let mut removed = vec![];
-                p.unpark(&mut s, c, |k, _| removed.push(k));
+                p.unpark(&mut s, c, |key, _| removed.push(key));
                 removed.sort();
                 let mut want = std::mem::take(&mut on[c as usize]);
                 want.sort();
                 assert_eq!(removed, want);
             }
         }
-        for key in 0..4 {
+        for key in (0..4).map(k) {
             let want: Vec<u32> = (0..n).filter(|&c| on[c as usize].contains(&key)).collect();
-            assert_eq!(waiters(&p, &mut s, key), want, "key {key}");
+            assert_eq!(waiters(&p, &mut s, key), want, "key {key:?}");
             assert_eq!(p.len(key), want.len() as u32);
         }
     }

@@ -6,7 +6,7 @@
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use crate::pubsub::StoreStats;
+use crate::store::StoreStats;
 
 #[derive(Default)]
 pub struct Stats {

@@ -6,19 +6,22 @@
 //!
 //! Each function panics — a finding — when a property fails:
 //!
-//! - [`head`]: `head_end`, `check_partial` and `parse_head` never panic; the event
-//!   loop's verdict on a request head (needs more bytes / refused with status S /
-//!   complete request R) does not depend on how the bytes were split across reads; a
-//!   complete head ends exactly where `head_end` found the blank line (else the bytes in
-//!   between would be read as a body or as the next request).
+//! - [`head`]: `head_end`, `check_partial` and `parse_head` never panic; the server's
+//!   verdict on a request — reached by the server's own request framing,
+//!   `holdfast::http::framing::Framer`, driven as the server drives it (needs more
+//!   bytes / refused with status S / complete request R with its body) — does not
+//!   depend on how the bytes were split across reads; a complete head ends exactly where
+//!   `head_end` finds the blank line (else the bytes in between would be read as a body
+//!   or as the next request).
 //! - [`chunked`]: `ChunkedDecoder` never panics, never produces more than `max` body
 //!   bytes, consumes all it is given unless the body ended, and gives the same body, the
 //!   same end and the same error whether fed at once or a byte at a time.
 
 use holdfast::http::chunked::{ChunkError, ChunkedDecoder};
-use holdfast::http::parse::{self, BodyLen, Method, Parsed};
+use holdfast::http::framing::{Framed, Framer};
+use holdfast::http::parse::{self, BodyLen, Method};
 
-/// What the event loop decides about the bytes of a request head.
+/// What the server decides about the bytes of a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HeadVerdict {
     /// Needs more bytes (the header timeout will end it if they never come).
@@ -43,68 +46,74 @@ pub struct Head {
     pub last_event_id: Option<Vec<u8>>,
     pub content_type: Option<Vec<u8>>,
     pub head_len: usize,
+    /// The decoded body.
+    pub body_bytes: Vec<u8>,
+    /// The input after the request, buffered or not yet read: the start of the next
+    /// request. (The request's raw
+    /// length is not comparable across splits: decoded chunk framing is cut as it goes.)
+    pub rest: Vec<u8>,
 }
 
-/// The verdict the event loop reaches when `data` arrives in reads ending at `cuts`
+/// The body limit the verdicts are reached with (the server's default).
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// The verdict the server reaches when `data` arrives in reads ending at `cuts`
 /// (offsets into `data`; out-of-order or out-of-range ones are skipped) and finally at
-/// `data.len()`. Mirrors `Worker::handle_buffered`: `head_end` over the bytes so far,
-/// carrying `scanned` between reads; `check_partial` while incomplete; `parse_head` on
-/// the head once its end is found.
+/// `data.len()`: the server's own [`Framer`], called after every read on the bytes
+/// buffered so far, with the decoded chunk framing it asks to cut removed, as
+/// `Worker::handle_buffered` does.
 pub fn head_verdict(data: &[u8], cuts: &[usize]) -> HeadVerdict {
-    let mut scanned = 0;
+    let mut framer = Framer::new();
+    let mut buf: Vec<u8> = Vec::new();
     let mut seen = 0;
     for &len in cuts.iter().chain(std::iter::once(&data.len())) {
         if len <= seen || len > data.len() {
             continue;
         }
+        buf.extend_from_slice(&data[seen..len]);
         seen = len;
-        let buf = &data[..len];
-        match parse::head_end(buf, &mut scanned) {
-            None => {
-                assert_eq!(scanned, len, "head_end must record that it scanned it all");
-                if let Err(e) = parse::check_partial(buf) {
-                    return HeadVerdict::Refused(e.status());
+        match framer.next(&buf, MAX_BODY) {
+            Framed::Partial { cut, .. } => {
+                if let Some((start, n)) = cut {
+                    assert!(start + n <= buf.len(), "cut {start}+{n} of {}", buf.len());
+                    buf.drain(start..start + n);
                 }
             }
-            Some(end) => {
-                assert!(
-                    (2..=len).contains(&end),
-                    "head_end returned {end} for a buffer of {len}"
+            Framed::Refused { status, .. } => return HeadVerdict::Refused(status),
+            Framed::Request { req: r, body, len } => {
+                let mut scanned = 0;
+                let end = parse::head_end(&buf, &mut scanned);
+                assert_eq!(
+                    end,
+                    Some(r.head_len),
+                    "parse_head and head_end disagree on where the head ends: {:?}",
+                    String::from_utf8_lossy(&buf[..r.head_len.min(buf.len())])
                 );
-                return decide(&buf[..end]);
+                assert!(
+                    (r.head_len..=buf.len()).contains(&len),
+                    "request of {len} bytes, head {}, buffer {}",
+                    r.head_len,
+                    buf.len()
+                );
+                return HeadVerdict::Complete(Head {
+                    method: r.method,
+                    path: r.path.to_vec(),
+                    query: r.query.to_vec(),
+                    minor: r.minor,
+                    body: r.body,
+                    keep_alive: r.keep_alive,
+                    expect_continue: r.expect_continue,
+                    wants_sse: r.wants_sse,
+                    last_event_id: r.last_event_id.map(<[u8]>::to_vec),
+                    content_type: r.content_type.map(<[u8]>::to_vec),
+                    head_len: r.head_len,
+                    body_bytes: body.to_vec(),
+                    rest: [&buf[len..], &data[seen..]].concat(),
+                });
             }
         }
     }
     HeadVerdict::Incomplete
-}
-
-fn decide(head: &[u8]) -> HeadVerdict {
-    match parse::parse_head(head) {
-        Ok(Parsed::Complete(r)) => {
-            assert_eq!(
-                r.head_len,
-                head.len(),
-                "parse_head and head_end disagree on where the head ends: {:?}",
-                String::from_utf8_lossy(head)
-            );
-            HeadVerdict::Complete(Head {
-                method: r.method,
-                path: r.path.to_vec(),
-                query: r.query.to_vec(),
-                minor: r.minor,
-                body: r.body,
-                keep_alive: r.keep_alive,
-                expect_continue: r.expect_continue,
-                wants_sse: r.wants_sse,
-                last_event_id: r.last_event_id.map(<[u8]>::to_vec),
-                content_type: r.content_type.map(<[u8]>::to_vec),
-                head_len: r.head_len,
-            })
-        }
-        // The event loop answers a blank line httparse does not take as the end with 400.
-        Ok(Parsed::Partial) => HeadVerdict::Refused(400),
-        Err(e) => HeadVerdict::Refused(e.status()),
-    }
 }
 
 /// Asserts two verdicts on the same bytes agree. A refusal may carry a different status

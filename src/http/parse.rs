@@ -1,5 +1,5 @@
 //! Request heads: a thin layer over `httparse` that enforces the size limits of
-//! PROTOCOL.md and extracts the handful of headers holdfast acts on.
+//! `docs/protocol.md` and extracts the handful of headers holdfast acts on.
 //!
 //! Partial input is not an error ([`Parsed::Partial`]); the caller keeps the bytes and
 //! calls again when more arrive. To keep a slow client from making us re-parse a growing
@@ -141,8 +141,18 @@ fn trim(v: &[u8]) -> &[u8] {
     &v[start..end]
 }
 
-/// Does a comma-separated header value list contain `token` (case-insensitive)?
-fn has_token(value: &[u8], token: &[u8]) -> bool {
+/// Whether the request line ends in a well-formed `HTTP/d.d`.
+fn names_an_http_version(buf: &[u8]) -> bool {
+    let line = buf.split(|&b| b == b'\n').next().unwrap_or(buf);
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let version = line.rsplit(|&b| b == b' ').next().unwrap_or(line);
+    matches!(version, [b'H', b'T', b'T', b'P', b'/', a, b'.', b]
+        if a.is_ascii_digit() && b.is_ascii_digit())
+}
+
+/// Does a comma-separated header value list contain `token` (case-insensitive)? Used
+/// for `Connection` and `Accept` here and by the tokio peer.
+pub fn has_token(value: &[u8], token: &[u8]) -> bool {
     value.split(|&b| b == b',').any(|t| {
         let t = trim(t);
         let t = t.split(|&b| b == b';').next().unwrap_or(t);
@@ -161,7 +171,17 @@ pub fn parse_head(buf: &[u8]) -> Result<Parsed<'_>, HeadError> {
             return Ok(Parsed::Partial);
         }
         Err(httparse::Error::TooManyHeaders) => return Err(HeadError::HeadersTooLarge),
-        Err(httparse::Error::Version) => return Err(HeadError::Version),
+        Err(httparse::Error::Version) => {
+            // httparse says "version" for anything after the target that is not
+            // `HTTP/1.x`; only a well-formed `HTTP/d.d` is an unsupported version (505),
+            // the rest is not HTTP at all (400).
+            check_partial(buf)?;
+            return Err(if names_an_http_version(buf) {
+                HeadError::Version
+            } else {
+                HeadError::Bad("malformed request")
+            });
+        }
         Err(_) => {
             check_partial(buf)?;
             return Err(HeadError::Bad("malformed request"));
@@ -195,7 +215,6 @@ pub fn parse_head(buf: &[u8]) -> Result<Parsed<'_>, HeadError> {
     let mut content_length: Option<u64> = None;
     let mut chunked = false;
     let mut conn_close = false;
-    let mut conn_keep_alive = false;
     let mut expect_continue = false;
     let mut wants_sse = false;
     let mut last_event_id = None;
@@ -222,7 +241,6 @@ pub fn parse_head(buf: &[u8]) -> Result<Parsed<'_>, HeadError> {
             chunked = true;
         } else if name.eq_ignore_ascii_case(b"connection") {
             conn_close |= has_token(value, b"close");
-            conn_keep_alive |= has_token(value, b"keep-alive");
         } else if name.eq_ignore_ascii_case(b"expect") {
             if value.eq_ignore_ascii_case(b"100-continue") {
                 expect_continue = true;
@@ -253,8 +271,9 @@ pub fn parse_head(buf: &[u8]) -> Result<Parsed<'_>, HeadError> {
     if chunked && minor == 0 {
         return Err(HeadError::Bad("chunked body in an HTTP/1.0 request"));
     }
+    // HTTP/1.0 keep-alive is not offered (so `Connection: keep-alive` is not looked at):
+    // such requests are answered and closed.
     let keep_alive = if minor == 0 { false } else { !conn_close };
-    let _ = conn_keep_alive; // HTTP/1.0 keep-alive is not offered; we always close those.
     Ok(Parsed::Complete(Request {
         method,
         path,
@@ -366,6 +385,25 @@ mod tests {
             (b"GET / HTTP/1.1\n\n", Ok(())),
             (b"GET\r\n\r\n", Err(HeadError::Bad("malformed request"))),
             (b"GET / HTTP/2.0\r\n\r\n", Err(HeadError::Version)),
+            (b"GET / HTTP/1.2\r\n\r\n", Err(HeadError::Version)),
+            (b"GET / HTTP/3.0\n\n", Err(HeadError::Version)),
+            // Not an HTTP version at all: malformed, not "unsupported version".
+            (
+                b"THIS IS NOT HTTP\r\n\r\n",
+                Err(HeadError::Bad("malformed request")),
+            ),
+            (
+                b"GET / FOO/1.1\r\n\r\n",
+                Err(HeadError::Bad("malformed request")),
+            ),
+            (
+                b"GET / HTTP/1\r\n\r\n",
+                Err(HeadError::Bad("malformed request")),
+            ),
+            (
+                b"GET / HTTP/12.0\r\n\r\n",
+                Err(HeadError::Bad("malformed request")),
+            ),
             (
                 b"GET nope HTTP/1.1\r\n\r\n",
                 Err(HeadError::Bad("request target must be an absolute path")),

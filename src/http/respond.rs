@@ -8,7 +8,7 @@
 
 use std::io::Write;
 
-use crate::pubsub::Message;
+use crate::stream::Event;
 
 pub fn reason(code: u16) -> &'static str {
     match code {
@@ -91,24 +91,21 @@ pub fn text(
     );
 }
 
-/// Everything of a `200` message delivery up to (not including) the per-subscriber tail.
-pub fn message_head(out: &mut Vec<u8>, msg: &Message, date: &[u8]) {
+/// Everything of a `200` message delivery up to (not including) the per-subscriber tail;
+/// the payload follows the tail. `content_type` `None` is `application/octet-stream`.
+pub fn message_head(out: &mut Vec<u8>, ev: &Event<'_>, content_type: Option<&[u8]>, date: &[u8]) {
     let _ = write!(
         out,
         "HTTP/1.1 200 OK\r\nDate: {}\r\nMessage-Id: {}\r\nChannel: {}\r\nContent-Type: ",
         std::str::from_utf8(date).unwrap_or(""),
-        msg.id,
-        msg.channel
+        ev.id,
+        ev.channel
     );
-    out.extend_from_slice(
-        msg.content_type
-            .as_deref()
-            .unwrap_or(b"application/octet-stream"),
-    );
+    out.extend_from_slice(content_type.unwrap_or(b"application/octet-stream"));
     let _ = write!(
         out,
         "\r\nCache-Control: no-store\r\nContent-Length: {}\r\n",
-        msg.payload.len()
+        ev.payload.len()
     );
 }
 

@@ -1,9 +1,19 @@
-//! The channel registry and per-channel message buffers, shared by all workers.
+//! The store: the channel registry and per-channel message buffers, shared by every
+//! thread of a server.
 //!
 //! Owns: channels (name → bounded ring of messages), message ids, TTL eviction, gap
-//! bookkeeping, and the count of subscribers per channel together with a bitmask of the
-//! workers that hold them. It does no I/O: callers pass `now` (milliseconds on any
-//! monotonic clock) and receive [`Note`]s through a callback to forward to workers.
+//! bookkeeping, and the count of subscribers per channel together with the set of
+//! subscriber [`Groups`] that hold them. It does no I/O and knows nothing of threads or
+//! sockets: callers pass `now` (milliseconds on any monotonic clock), and the store tells
+//! the embedding server about new messages and deleted channels through the [`Notifier`]
+//! it was built with — holdfast's workers (one group each) and the tokio peer's hub (one
+//! group) each implement it.
+//!
+//! One publish path: [`Store::publish`] (the store assigns the id) and [`Store::append`]
+//! (the id was assigned elsewhere, e.g. by a backplane) both append under the lock, hand
+//! a [`Note`] to [`Notifier::note`] for the groups holding subscribers while the lock is
+//! still held (so every group sees notes in id order), and call [`Notifier::wake`] once
+//! after it is released (the wake-up is a syscall; it stays outside the lock).
 //!
 //! Invariants:
 //! - Ids are strictly increasing across **all** channels: one counter, seeded from the
@@ -44,9 +54,125 @@ pub const MAX_CHANNEL_NAME: usize = 128;
 pub const MAX_CHANNELS_PER_SUB: usize = 64;
 
 /// Identifies one incarnation of a channel: a deleted and re-created channel gets a new
-/// key, so a stale note or unsubscribe for the old one is ignored. Slot index in the low
-/// 32 bits, generation in the high 32.
-pub type ChannelKey = u64;
+/// key, so a stale note or unsubscribe for the old one is ignored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChannelKey {
+    slot: u32,
+    gen: u32,
+}
+
+impl ChannelKey {
+    /// A key that names no channel (an unused entry in a caller's array).
+    pub const NONE: ChannelKey = ChannelKey {
+        slot: u32::MAX,
+        gen: 0,
+    };
+
+    /// The incarnation's generation. The store numbers every channel it creates from
+    /// one counter, so a later incarnation of a name has a larger generation (until the
+    /// counter wraps after 2^32 channel creations).
+    pub fn generation(self) -> u32 {
+        self.gen
+    }
+
+    /// A key for unit tests of code that only stores and compares keys.
+    #[cfg(test)]
+    pub(crate) fn test(n: u32) -> ChannelKey {
+        ChannelKey { slot: n, gen: 1 }
+    }
+}
+
+/// A subscriber group: whatever the embedding server routes notes to (holdfast: one
+/// worker thread; the tokio peer: its one hub). At most [`MAX_GROUPS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Group(u8);
+
+/// Most subscriber groups a store tells apart (a `u64` set per channel).
+pub const MAX_GROUPS: usize = 64;
+
+impl Group {
+    /// Group `i`; `None` if `i >= MAX_GROUPS`.
+    pub fn new(i: usize) -> Option<Group> {
+        (i < MAX_GROUPS).then_some(Group(i as u8))
+    }
+
+    pub fn index(self) -> usize {
+        usize::from(self.0)
+    }
+}
+
+/// A set of [`Group`]s.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Groups(u64);
+
+impl Groups {
+    pub const EMPTY: Groups = Groups(0);
+
+    /// Groups `0..n`.
+    pub fn first(n: usize) -> Groups {
+        Groups(if n >= MAX_GROUPS {
+            u64::MAX
+        } else {
+            (1u64 << n) - 1
+        })
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    pub fn contains(self, g: Group) -> bool {
+        self.0 & (1 << g.0) != 0
+    }
+
+    fn insert(&mut self, g: Group) {
+        self.0 |= 1 << g.0;
+    }
+
+    fn remove(&mut self, g: Group) {
+        self.0 &= !(1 << g.0);
+    }
+
+    /// Lowest index first.
+    pub fn iter(self) -> impl Iterator<Item = Group> {
+        let mut m = self.0;
+        std::iter::from_fn(move || {
+            if m == 0 {
+                return None;
+            }
+            let g = m.trailing_zeros() as u8;
+            m &= m - 1;
+            Some(Group(g))
+        })
+    }
+}
+
+impl std::ops::BitOr for Groups {
+    type Output = Groups;
+    fn bitor(self, o: Groups) -> Groups {
+        Groups(self.0 | o.0)
+    }
+}
+
+/// How the store tells its server about messages and deletions. Implemented by
+/// holdfast's worker mailboxes and by the tokio peer's hub.
+pub trait Notifier: Send + Sync {
+    /// Called with the store lock held, in id order: hand `note` to each of `groups`.
+    /// Must not block or call back into the store.
+    fn note(&self, groups: Groups, note: Note);
+
+    /// Called once per publish or delete after the lock is released, with the groups
+    /// that were handed a note: wake them (coalescing is the implementation's business).
+    fn wake(&self, groups: Groups);
+}
+
+/// A [`Notifier`] that drops everything (tests, benches, a store nobody waits on).
+pub struct Silent;
+
+impl Notifier for Silent {
+    fn note(&self, _: Groups, _: Note) {}
+    fn wake(&self, _: Groups) {}
+}
 
 /// `[A-Za-z0-9._~:@-]{1,128}`.
 pub fn valid_channel_name(name: &[u8]) -> bool {
@@ -57,7 +183,8 @@ pub fn valid_channel_name(name: &[u8]) -> bool {
             .all(|&b| b.is_ascii_alphanumeric() || b"._~:@-".contains(&b))
 }
 
-/// One published message. Shared (`Arc`) between the buffer and every delivery.
+/// One published message. Shared (`Arc`) between the buffer and every delivery; built
+/// by the store when it is appended ([`Store::publish`], [`Store::append`]).
 #[derive(Debug)]
 pub struct Message {
     pub id: u64,
@@ -68,7 +195,7 @@ pub struct Message {
     expires_at: u64,
 }
 
-/// What a worker is told about a channel it has subscribers on.
+/// What a group is told about a channel it has subscribers on.
 #[derive(Debug, Clone)]
 pub enum Note {
     /// A new message; `evicted_max` is the channel's newest evicted id at publish time
@@ -165,6 +292,15 @@ pub enum PublishError {
     Closed,
 }
 
+/// Why [`Store::append`] refused a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendError {
+    /// The id is not newer than `last`, the newest id the store has seen.
+    IdNotNewer { last: u64 },
+    /// Refused as a publish would be.
+    Refused(PublishError),
+}
+
 /// The channel limit (`--max-channels`) refused a new channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TooManyChannels;
@@ -182,8 +318,8 @@ struct Channel {
     /// Newest id ever published here (0: none).
     last_id: u64,
     subscribers: u32,
-    /// Bit `w` set while worker `w` holds subscribers here.
-    workers: u64,
+    /// The groups holding subscribers here.
+    groups: Groups,
     bytes: usize,
 }
 
@@ -292,17 +428,21 @@ struct Inner {
 pub struct Store {
     cfg: StoreConfig,
     inner: Mutex<Inner>,
+    notifier: Arc<dyn Notifier>,
 }
 
 fn key_of(slot: usize, gen: u32) -> ChannelKey {
-    (u64::from(gen) << 32) | slot as u64
+    ChannelKey {
+        slot: slot as u32,
+        gen,
+    }
 }
 
 impl Inner {
     fn channel(&mut self, key: ChannelKey) -> Option<&mut Channel> {
-        let slot = (key & 0xffff_ffff) as usize;
-        let gen = (key >> 32) as u32;
-        self.slots.get_mut(slot).filter(|c| c.gen == gen)
+        self.slots
+            .get_mut(key.slot as usize)
+            .filter(|c| c.gen == key.gen)
     }
 
     fn free_if_unused(&mut self, slot: usize) {
@@ -332,7 +472,7 @@ impl Inner {
             let Some((id, key)) = self.order.pop_front() else {
                 break;
             };
-            let slot = (key & 0xffff_ffff) as usize;
+            let slot = key.slot as usize;
             let Some(c) = self.channel(key) else {
                 continue;
             };
@@ -347,10 +487,9 @@ impl Inner {
         if self.order.len() > 2 * self.buffered + 1024 {
             let (slots, order) = (&self.slots, &mut self.order);
             order.retain(|&(id, key)| {
-                let slot = (key & 0xffff_ffff) as usize;
                 slots
-                    .get(slot)
-                    .filter(|c| c.gen == (key >> 32) as u32)
+                    .get(key.slot as usize)
+                    .filter(|c| c.gen == key.gen)
                     .and_then(|c| c.ring.front())
                     .is_some_and(|front| front.id <= id)
             });
@@ -371,7 +510,7 @@ impl Inner {
             evicted_max,
             last_id: 0,
             subscribers: 0,
-            workers: 0,
+            groups: Groups::EMPTY,
             bytes: 0,
         });
         self.by_name.insert(name, slot);
@@ -380,17 +519,20 @@ impl Inner {
 }
 
 impl Store {
-    pub fn new(cfg: StoreConfig) -> Store {
+    /// A store whose ids start above the wall clock in microseconds, so ids stay
+    /// increasing across restarts of the process while the clock does.
+    pub fn new(cfg: StoreConfig, notifier: Arc<dyn Notifier>) -> Store {
         let seed = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(1, |d| d.as_micros() as u64);
-        Store::with_seed(cfg, seed)
+        Store::with_seed(cfg, seed, notifier)
     }
 
     /// A store whose first id will be `seed + 1` (tests).
-    pub fn with_seed(cfg: StoreConfig, seed: u64) -> Store {
+    pub fn with_seed(cfg: StoreConfig, seed: u64, notifier: Arc<dyn Notifier>) -> Store {
         Store {
             cfg,
+            notifier,
             inner: Mutex::new(Inner {
                 slots: Slab::new(),
                 by_name: HashMap::new(),
@@ -416,18 +558,69 @@ impl Store {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Appends a message and hands a [`Note`] for it to `notify(workers_mask, note)`
-    /// while still holding the lock, so every worker sees notes in id order.
+    /// Appends a message under the next id, notifies the groups holding subscribers on
+    /// the channel (under the lock, so every group sees notes in id order) and wakes
+    /// them (after it).
     pub fn publish(
         &self,
         channel: &str,
         content_type: Option<Bytes>,
         payload: Bytes,
         now: u64,
-        mut notify: impl FnMut(u64, Note),
     ) -> Result<PublishInfo, PublishError> {
-        let mut g = self.lock();
-        let inner = &mut *g;
+        let (info, woken) = {
+            let mut g = self.lock();
+            let id = g.last_id + 1;
+            self.insert_locked(&mut g, channel, id, content_type, payload, now)?
+        };
+        self.wake(woken);
+        Ok(info)
+    }
+
+    /// Appends a message whose id was assigned elsewhere (a backplane carrying another
+    /// node's publish), with the same notes and wake-up as [`publish`](Store::publish).
+    /// `id` must be newer than every id this store has seen; an older one is refused
+    /// with [`AppendError::IdNotNewer`], since appending it would break the order every
+    /// cursor relies on.
+    pub fn append(
+        &self,
+        channel: &str,
+        id: u64,
+        content_type: Option<Bytes>,
+        payload: Bytes,
+        now: u64,
+    ) -> Result<PublishInfo, AppendError> {
+        let (info, woken) = {
+            let mut g = self.lock();
+            if id <= g.last_id {
+                return Err(AppendError::IdNotNewer { last: g.last_id });
+            }
+            self.insert_locked(&mut g, channel, id, content_type, payload, now)
+                .map_err(AppendError::Refused)?
+        };
+        self.wake(woken);
+        Ok(info)
+    }
+
+    fn wake(&self, groups: Groups) {
+        if !groups.is_empty() {
+            self.notifier.wake(groups);
+        }
+    }
+
+    /// The one publish path, under the lock: append message `id` (newer than every id
+    /// seen) and hand its note to the groups holding subscribers; returns those groups,
+    /// to be woken once the lock is released.
+    fn insert_locked(
+        &self,
+        inner: &mut Inner,
+        channel: &str,
+        id: u64,
+        content_type: Option<Bytes>,
+        payload: Bytes,
+        now: u64,
+    ) -> Result<(PublishInfo, Groups), PublishError> {
+        debug_assert!(id > inner.last_id, "id {id} after {}", inner.last_id);
         if inner.closed {
             return Err(PublishError::Closed);
         }
@@ -436,9 +629,8 @@ impl Store {
             return Err(PublishError::TooManyChannels);
         }
         let slot = inner.slot_for_subscribe(channel);
-        inner.last_id += 1;
+        inner.last_id = id;
         inner.published += 1;
-        let id = inner.last_id;
         let cap = self.cfg.buffer_messages;
         let c = &mut inner.slots[slot];
         let msg = Arc::new(Message {
@@ -469,9 +661,10 @@ impl Store {
             subscribers: c.subscribers,
             buffered: c.ring.len(),
         };
-        if c.workers != 0 {
-            notify(
-                c.workers,
+        let groups = c.groups;
+        if !groups.is_empty() {
+            self.notifier.note(
+                groups,
                 Note::Message {
                     key,
                     msg: msg.clone(),
@@ -482,11 +675,11 @@ impl Store {
         if was_empty {
             inner.expiry.push(Reverse((msg.expires_at, key)));
         }
-        Ok(info)
+        Ok((info, groups))
     }
 
     /// Looks for the oldest message newer than `cursor` on `names`. If there is none and
-    /// `park` is set, registers one subscriber of worker `worker` on each channel
+    /// `park` is set, registers one subscriber of group `group` on each channel
     /// (creating it if needed) and writes the channel keys to `keys[..names.len()]`.
     ///
     /// Names must already be valid (see [`valid_channel_name`]).
@@ -494,7 +687,7 @@ impl Store {
         &self,
         names: &[&str],
         cursor: Cursor,
-        park: Option<(usize, &mut [ChannelKey])>,
+        park: Option<(Group, &mut [ChannelKey])>,
         now: u64,
     ) -> Result<Subscribed, TooManyChannels> {
         let mut g = self.lock();
@@ -529,7 +722,7 @@ impl Store {
                 lost,
             });
         }
-        if let Some((worker, keys)) = park {
+        if let Some((group, keys)) = park {
             let missing = names
                 .iter()
                 .filter(|n| !inner.by_name.contains_key(**n))
@@ -541,7 +734,7 @@ impl Store {
                 let slot = inner.slot_for_subscribe(name);
                 let c = &mut inner.slots[slot];
                 c.subscribers += 1;
-                c.workers |= 1 << worker;
+                c.groups.insert(group);
                 *key = key_of(slot, c.gen);
             }
         }
@@ -555,12 +748,14 @@ impl Store {
         self.lock().closed = true;
     }
 
-    /// Removes `n` subscribers of worker `worker` from channel `key`; `worker_done` says
-    /// the worker holds no more subscribers there. Unknown (deleted) keys are ignored.
-    pub fn unsubscribe(&self, key: ChannelKey, worker: usize, n: u32, worker_done: bool) {
+    /// Removes `n` subscribers of group `group` from channel `key`; `group_done` says
+    /// the group holds no more subscribers there (a group that cannot tell passes
+    /// `false`: the channel forgets every group once its last subscriber leaves).
+    /// Unknown (deleted) keys are ignored.
+    pub fn unsubscribe(&self, key: ChannelKey, group: Group, n: u32, group_done: bool) {
         let mut g = self.lock();
         let inner = &mut *g;
-        let slot = (key & 0xffff_ffff) as usize;
+        let slot = key.slot as usize;
         let Some(c) = inner.channel(key) else {
             return;
         };
@@ -571,20 +766,32 @@ impl Store {
             c.subscribers
         );
         c.subscribers = c.subscribers.saturating_sub(n);
-        if worker_done {
-            c.workers &= !(1 << worker);
+        if group_done {
+            c.groups.remove(group);
+        }
+        if c.subscribers == 0 {
+            c.groups = Groups::EMPTY;
         }
         inner.free_if_unused(slot);
     }
 
-    /// Deletes a channel: drops its messages and hands `Note::Deleted` to the workers
-    /// holding subscribers there. Returns false if the channel did not exist.
-    pub fn delete(&self, name: &str, mut notify: impl FnMut(u64, Note)) -> bool {
-        let mut g = self.lock();
-        let inner = &mut *g;
-        let Some(slot) = inner.by_name.remove(name) else {
-            return false;
+    /// Deletes a channel: drops its messages, hands `Note::Deleted` to the groups
+    /// holding subscribers there and wakes them. Returns false if the channel did not
+    /// exist.
+    pub fn delete(&self, name: &str) -> bool {
+        let groups = {
+            let mut g = self.lock();
+            match self.delete_locked(&mut g, name) {
+                Some(groups) => groups,
+                None => return false,
+            }
         };
+        self.wake(groups);
+        true
+    }
+
+    fn delete_locked(&self, inner: &mut Inner, name: &str) -> Option<Groups> {
+        let slot = inner.by_name.remove(name)?;
         let c = inner.slots.remove(slot);
         // A client that comes back with an older cursor hears that these are gone.
         let dropped = c.ring.back().map_or(0, |m| m.id);
@@ -592,16 +799,16 @@ impl Store {
         inner.buffered -= c.ring.len();
         inner.bytes -= c.bytes;
         inner.charged -= c.ring.iter().map(|m| charge(m)).sum::<usize>();
-        if c.workers != 0 {
-            notify(
-                c.workers,
+        if !c.groups.is_empty() {
+            self.notifier.note(
+                c.groups,
                 Note::Deleted {
                     key: key_of(slot, c.gen),
                     channel: c.name.clone(),
                 },
             );
         }
-        true
+        Some(c.groups)
     }
 
     pub fn info(&self, name: &str, now: u64) -> Option<ChannelInfo> {
@@ -632,7 +839,7 @@ impl Store {
                 break;
             }
             inner.expiry.pop();
-            let slot = (key & 0xffff_ffff) as usize;
+            let slot = key.slot as usize;
             if inner.channel(key).is_none() {
                 continue; // deleted or freed since
             }
@@ -670,27 +877,46 @@ impl Store {
 mod tests {
     use super::*;
 
+    const G0: Group = Group(0);
+    const G3: Group = Group(3);
+
     fn store(buffer: usize, ttl: u64) -> Store {
-        Store::with_seed(StoreConfig::unbounded(buffer, ttl), 1000)
+        Store::with_seed(StoreConfig::unbounded(buffer, ttl), 1000, Arc::new(Silent))
+    }
+
+    /// Records every note and wake-up it is given.
+    #[derive(Default)]
+    struct Recorder {
+        notes: Mutex<Vec<(Groups, Note)>>,
+        wakes: Mutex<Vec<Groups>>,
+    }
+
+    impl Notifier for Recorder {
+        fn note(&self, groups: Groups, note: Note) {
+            self.notes.lock().unwrap().push((groups, note));
+        }
+        fn wake(&self, groups: Groups) {
+            self.wakes.lock().unwrap().push(groups);
+        }
+    }
+
+    fn recorded(buffer: usize, ttl: u64) -> (Store, Arc<Recorder>) {
+        let rec = Arc::new(Recorder::default());
+        let s = Store::with_seed(StoreConfig::unbounded(buffer, ttl), 1000, rec.clone());
+        (s, rec)
     }
 
     fn publish(s: &Store, ch: &str, body: &'static str, now: u64) -> u64 {
-        s.publish(
-            ch,
-            None,
-            Bytes::from_static(body.as_bytes()),
-            now,
-            |_, _| {},
-        )
-        .expect("no channel cap")
-        .id
+        s.publish(ch, None, Bytes::from_static(body.as_bytes()), now)
+            .expect("no channel cap")
+            .id
     }
 
     fn sub(
         s: &Store,
         names: &[&str],
         c: Cursor,
-        park: Option<(usize, &mut [ChannelKey])>,
+        park: Option<(Group, &mut [ChannelKey])>,
         now: u64,
     ) -> Subscribed {
         s.subscribe(names, c, park, now).expect("no channel cap")
@@ -729,7 +955,7 @@ mod tests {
         let b = publish(&s, "b", "2", 0);
         let c = publish(&s, "a", "3", 0);
         assert_eq!((a, b, c), (1001, 1002, 1003));
-        assert!(Store::new(s.cfg).stats().last_id > 1_600_000_000_000_000);
+        assert!(Store::new(s.cfg, Arc::new(Silent)).stats().last_id > 1_600_000_000_000_000);
     }
 
     #[test]
@@ -829,7 +1055,7 @@ mod tests {
             let read = publish(&s, "a", "read", 0);
             let missed = publish(&s, "a", "missed", 10);
             if deleted {
-                assert!(s.delete("a", |_, _| {}));
+                assert!(s.delete("a"));
             } else {
                 s.expire(1010);
             }
@@ -840,8 +1066,8 @@ mod tests {
                 "{how}: gap reported while waiting"
             );
             // Parking re-creates the channel; the next delivery carries the gap.
-            let mut keys = [0; 1];
-            sub(&s, &["a"], Cursor::Since(read), Some((0, &mut keys)), 1010);
+            let mut keys = [ChannelKey::NONE; 1];
+            sub(&s, &["a"], Cursor::Since(read), Some((G0, &mut keys)), 1010);
             let next = publish(&s, "a", "next", 1020);
             let (id, lost) = ready(sub(&s, &["a"], Cursor::Since(read), None, 1020));
             assert_eq!(id, next);
@@ -899,44 +1125,98 @@ mod tests {
 
     #[test]
     fn parked_subscribers_get_notes_and_keep_channel_alive() {
-        let s = store(16, 1000);
-        let mut keys = [0; 2];
-        let r = sub(&s, &["a", "b"], Cursor::Latest, Some((3, &mut keys)), 0);
+        let (s, rec) = recorded(16, 1000);
+        let mut keys = [ChannelKey::NONE; 2];
+        let r = sub(&s, &["a", "b"], Cursor::Latest, Some((G3, &mut keys)), 0);
         assert!(matches!(r, Subscribed::Waiting { .. }));
         assert_eq!(s.stats().channels, 2);
-        let mut notes = vec![];
-        let info = s
-            .publish("b", None, Bytes::from_static(b"x"), 0, |mask, n| {
-                notes.push((mask, n))
-            })
-            .unwrap();
+        let info = s.publish("b", None, Bytes::from_static(b"x"), 0).unwrap();
         assert_eq!(info.subscribers, 1);
-        assert_eq!(notes.len(), 1);
-        assert_eq!(notes[0].0, 1 << 3);
-        assert!(matches!(&notes[0].1, Note::Message { key, .. } if *key == keys[1]));
+        {
+            let notes = rec.notes.lock().unwrap();
+            assert_eq!(notes.len(), 1);
+            assert_eq!(notes[0].0.iter().collect::<Vec<_>>(), [G3]);
+            assert!(matches!(&notes[0].1, Note::Message { key, .. } if *key == keys[1]));
+            assert_eq!(rec.wakes.lock().unwrap()[..], [notes[0].0]);
+        }
+        // A channel nobody waits on notifies and wakes nobody.
+        s.publish("c", None, Bytes::from_static(b"x"), 0).unwrap();
+        assert_eq!(rec.notes.lock().unwrap().len(), 1);
+        assert_eq!(rec.wakes.lock().unwrap().len(), 1);
         // Expiry leaves the channel while someone listens.
         s.expire(5000);
         assert!(s.info("b", 5000).is_some());
-        s.unsubscribe(keys[0], 3, 1, true);
-        s.unsubscribe(keys[1], 3, 1, true);
-        assert_eq!(s.stats().channels, 0);
+        s.unsubscribe(keys[0], G3, 1, true);
+        s.unsubscribe(keys[1], G3, 1, true);
+        assert_eq!(s.stats().channels, 0, "expired and unsubscribed: all freed");
     }
 
     #[test]
     fn delete_notifies_and_recreated_channel_has_new_key() {
-        let s = store(16, 1000);
-        let mut keys = [0; 1];
-        sub(&s, &["a"], Cursor::Latest, Some((0, &mut keys)), 0);
-        let mut deleted = vec![];
-        assert!(s.delete("a", |m, n| deleted.push((m, n))));
-        assert!(matches!(deleted[..], [(1, Note::Deleted { key, .. })] if key == keys[0]));
-        assert!(!s.delete("a", |_, _| {}));
+        let (s, rec) = recorded(16, 1000);
+        let mut keys = [ChannelKey::NONE; 1];
+        sub(&s, &["a"], Cursor::Latest, Some((G0, &mut keys)), 0);
+        assert!(s.delete("a"));
+        assert!(matches!(rec.notes.lock().unwrap()[..],
+            [(g, Note::Deleted { key, .. })] if g == Groups::first(1) && key == keys[0]));
+        assert_eq!(rec.wakes.lock().unwrap()[..], [Groups::first(1)]);
+        assert!(!s.delete("a"));
         // Unsubscribe of the old incarnation is ignored, even after re-creation.
-        let mut keys2 = [0; 1];
-        sub(&s, &["a"], Cursor::Latest, Some((0, &mut keys2)), 0);
+        let mut keys2 = [ChannelKey::NONE; 1];
+        sub(&s, &["a"], Cursor::Latest, Some((G0, &mut keys2)), 0);
         assert_ne!(keys[0], keys2[0]);
-        s.unsubscribe(keys[0], 0, 1, true);
+        s.unsubscribe(keys[0], G0, 1, true);
         assert_eq!(s.info("a", 0).unwrap().subscribers, 1);
+        assert!(keys2[0].generation() > keys[0].generation());
+    }
+
+    #[test]
+    fn append_takes_ids_assigned_elsewhere_only_if_newer() {
+        let (s, rec) = recorded(16, 1000);
+        let mut keys = [ChannelKey::NONE; 1];
+        sub(&s, &["a"], Cursor::Latest, Some((G3, &mut keys)), 0);
+        let mine = publish(&s, "a", "local", 0);
+        assert_eq!(mine, 1001);
+        let far = s
+            .append("a", 5000, None, Bytes::from_static(b"remote"), 0)
+            .unwrap();
+        assert_eq!(far.id, 5000);
+        // Not newer than what the store has seen: refused, nothing appended.
+        for id in [5000, 4999, 1] {
+            assert_eq!(
+                s.append("a", id, None, Bytes::from_static(b"x"), 0),
+                Err(AppendError::IdNotNewer { last: 5000 })
+            );
+        }
+        // The store's own ids carry on above it.
+        assert_eq!(publish(&s, "b", "next", 0), 5001);
+        let (id, lost) = ready(sub(&s, &["a"], Cursor::Since(mine), None, 0));
+        assert_eq!((id, lost), (5000, false));
+        assert_eq!(s.info("a", 0).unwrap().buffered, 2);
+        // The appended message was noted and woke the parked group like a publish.
+        assert_eq!(rec.notes.lock().unwrap().len(), 2);
+        assert_eq!(rec.wakes.lock().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_channel_forgets_its_groups_when_its_last_subscriber_leaves() {
+        let (s, rec) = recorded(16, 1000);
+        let mut keys = [ChannelKey::NONE; 1];
+        for _ in 0..2 {
+            sub(&s, &["a"], Cursor::Latest, Some((G0, &mut keys)), 0);
+        }
+        publish(&s, "a", "keep the channel", 0);
+        // A group that cannot tell when it is done passes false each time.
+        s.unsubscribe(keys[0], G0, 1, false);
+        publish(&s, "a", "one left", 0);
+        assert_eq!(rec.notes.lock().unwrap().len(), 2);
+        s.unsubscribe(keys[0], G0, 1, false);
+        publish(&s, "a", "nobody", 0);
+        assert_eq!(
+            rec.notes.lock().unwrap().len(),
+            2,
+            "no note once nobody listens"
+        );
     }
     #[test]
     fn memory_cap_evicts_globally_oldest_first_and_records_the_gap() {
@@ -947,11 +1227,12 @@ mod tests {
                 ..StoreConfig::unbounded(16, 60_000)
             },
             1000,
+            Arc::new(Silent),
         );
         let body = || Bytes::from(vec![b'x'; 100]);
         let mut ids = vec![];
         for ch in ["a", "b", "a", "c"] {
-            ids.push(s.publish(ch, None, body(), 0, |_, _| {}).unwrap().id);
+            ids.push(s.publish(ch, None, body(), 0).unwrap().id);
         }
         // Four messages of `per` bytes under a 3 × `per` cap: the oldest (a's first) went.
         let st = s.stats();
@@ -960,7 +1241,7 @@ mod tests {
         let (id, lost) = ready(sub(&s, &["a"], Cursor::Since(ids[0] - 1), None, 0));
         assert_eq!((id, lost), (ids[2], true));
         // One more evicts b's only message; b is freed (no subscribers).
-        s.publish("c", None, body(), 0, |_, _| {}).unwrap();
+        s.publish("c", None, body(), 0).unwrap();
         assert!(s.info("b", 0).is_none());
         assert_eq!(s.stats().messages_buffered, 3);
     }
@@ -973,11 +1254,11 @@ mod tests {
                 ..StoreConfig::unbounded(1, 60_000)
             },
             0,
+            Arc::new(Silent),
         );
         // Ring overflow evicts all but the newest; the FIFO must not keep them all.
         for _ in 0..10_000 {
-            s.publish("a", None, Bytes::from_static(b"x"), 0, |_, _| {})
-                .unwrap();
+            s.publish("a", None, Bytes::from_static(b"x"), 0).unwrap();
         }
         assert!(s.lock().order.len() <= 1024 + 2 + 1);
     }
@@ -987,7 +1268,7 @@ mod tests {
         let s = store(16, 1000);
         publish(&s, "a", "1", 0);
         s.close();
-        let r = s.publish("a", None, Bytes::from_static(b"2"), 0, |_, _| {});
+        let r = s.publish("a", None, Bytes::from_static(b"2"), 0);
         assert_eq!(r, Err(PublishError::Closed));
         assert_eq!(s.stats().published, 1);
     }
@@ -1000,20 +1281,18 @@ mod tests {
                 ..StoreConfig::unbounded(16, 60_000)
             },
             0,
+            Arc::new(Silent),
         );
         let b = || Bytes::from_static(b"x");
-        assert!(s.publish("a", None, b(), 0, |_, _| {}).is_ok());
-        assert!(s.publish("b", None, b(), 0, |_, _| {}).is_ok());
+        assert!(s.publish("a", None, b(), 0).is_ok());
+        assert!(s.publish("b", None, b(), 0).is_ok());
         assert_eq!(
-            s.publish("c", None, b(), 0, |_, _| {}),
+            s.publish("c", None, b(), 0),
             Err(PublishError::TooManyChannels)
         );
-        assert!(
-            s.publish("a", None, b(), 0, |_, _| {}).is_ok(),
-            "existing channel"
-        );
-        let mut keys = [0; 2];
-        let r = s.subscribe(&["a", "new"], Cursor::Latest, Some((0, &mut keys)), 0);
+        assert!(s.publish("a", None, b(), 0).is_ok(), "existing channel");
+        let mut keys = [ChannelKey::NONE; 2];
+        let r = s.subscribe(&["a", "new"], Cursor::Latest, Some((G0, &mut keys)), 0);
         assert!(matches!(r, Err(TooManyChannels)));
         // Nothing was registered by the refused subscribe.
         assert_eq!(s.info("a", 0).unwrap().subscribers, 0);

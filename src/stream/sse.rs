@@ -1,42 +1,42 @@
-//! Server-Sent Events framing (the `text/event-stream` format), rendered once per
-//! message and shared by every stream that receives it.
+//! Server-Sent Events (the `text/event-stream` format): the one [`Framing`] variant
+//! today. Rendered once per message and shared by every stream that receives it.
 //!
 //! A message becomes `id: ID\n`, `event: CHANNEL\n` (only for streams subscribed to more
 //! than one channel), one `data: LINE\n` per payload line (lines split on `\r\n`, `\r` or
 //! `\n`, as EventSource splits them), and a blank line. A payload that is not UTF-8
 //! cannot be carried in `data:` lines, so it is sent as `event: binary` with the payload
 //! base64-encoded (standard alphabet, padded) in one `data:` line. Gaps, deletion and
-//! heartbeats have their own small frames below.
+//! heartbeats have their own small frames below. The body is close-delimited: the
+//! stream ends when the connection does, which every HTTP/1.x client and proxy
+//! understands, so a shutdown sends nothing and EventSource reconnects after `retry:`.
+//!
+//! [`Framing`]: super::Framing
 
 use std::io::Write;
 
 use base64::Engine;
 
-use crate::pubsub::Message;
+use super::Event;
 
+/// The stream's response headers (besides `Date`).
+pub const HEADERS: &[(&str, &str)] = &[
+    ("Content-Type", "text/event-stream"),
+    ("Cache-Control", "no-store"),
+    ("X-Accel-Buffering", "no"),
+    ("Connection", "close"),
+];
 /// First bytes of every stream: how long EventSource waits before reconnecting.
 pub const PREAMBLE: &[u8] = b"retry: 2000\n\n";
 /// Comment line that keeps proxies from timing out an idle stream.
 pub const HEARTBEAT: &[u8] = b": hb\n";
 
-/// Renders the response head of an event stream (close-delimited: the stream ends when
-/// the connection does, which every HTTP/1.x client and proxy understands).
-pub fn response_head(out: &mut Vec<u8>, date: &[u8]) {
-    out.extend_from_slice(b"HTTP/1.1 200 OK\r\nDate: ");
-    out.extend_from_slice(date);
-    out.extend_from_slice(
-        b"\r\nContent-Type: text/event-stream\r\nCache-Control: no-store\r\nX-Accel-Buffering: no\r\nConnection: close\r\n\r\n",
-    );
-    out.extend_from_slice(PREAMBLE);
-}
-
-/// Renders `msg` as one event; `named` adds the `event:` line with the channel.
-pub fn event(out: &mut Vec<u8>, msg: &Message, named: bool) {
-    let _ = writeln!(out, "id: {}", msg.id);
-    match std::str::from_utf8(&msg.payload) {
+/// Renders `ev` as one event; `named` adds the `event:` line with the channel.
+pub fn event(out: &mut Vec<u8>, ev: &Event<'_>, named: bool) {
+    let _ = writeln!(out, "id: {}", ev.id);
+    match std::str::from_utf8(ev.payload) {
         Ok(text) => {
             if named {
-                let _ = writeln!(out, "event: {}", msg.channel);
+                let _ = writeln!(out, "event: {}", ev.channel);
             }
             for line in lines(text) {
                 out.extend_from_slice(b"data: ");
@@ -49,12 +49,10 @@ pub fn event(out: &mut Vec<u8>, msg: &Message, named: bool) {
             let start = out.len();
             let enc = base64::engine::general_purpose::STANDARD;
             out.resize(
-                start + base64::encoded_len(msg.payload.len(), true).unwrap_or(0),
+                start + base64::encoded_len(ev.payload.len(), true).unwrap_or(0),
                 0,
             );
-            let n = enc
-                .encode_slice(&msg.payload, &mut out[start..])
-                .unwrap_or(0);
+            let n = enc.encode_slice(ev.payload, &mut out[start..]).unwrap_or(0);
             out.truncate(start + n);
             out.push(b'\n');
         }
@@ -94,21 +92,6 @@ fn lines(text: &str) -> impl Iterator<Item = &str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pubsub::{Store, StoreConfig};
-    use bytes::Bytes;
-
-    fn msg(payload: &'static [u8]) -> std::sync::Arc<Message> {
-        let s = Store::with_seed(StoreConfig::unbounded(4, 1000), 41);
-        s.publish("news", None, Bytes::from_static(payload), 0, |_, _| {})
-            .unwrap();
-        match s
-            .subscribe(&["news"], crate::pubsub::Cursor::Since(0), None, 0)
-            .unwrap()
-        {
-            crate::pubsub::Subscribed::Ready { msg, .. } => msg,
-            other => panic!("{other:?}"),
-        }
-    }
 
     #[test]
     fn frames() {
@@ -130,7 +113,12 @@ mod tests {
         ];
         for (payload, named, want) in table {
             let mut out = vec![];
-            event(&mut out, &msg(payload), *named);
+            let ev = Event {
+                id: 42,
+                channel: "news",
+                payload,
+            };
+            event(&mut out, &ev, *named);
             assert_eq!(String::from_utf8(out).unwrap(), *want, "{payload:?}");
         }
         let mut out = vec![];

@@ -1,133 +1,17 @@
-//! One client connection: its slot in the worker's slab, and the heap state it borrows
-//! only while it has bytes in flight.
+//! A connection's heap state: its read buffer (with the framing of the request at its
+//! front) and its queue of output the socket has not taken yet. I/O-free: reads come
+//! through any `Read`, writes are the server's business.
 //!
-//! A connection is in one [`Phase`]; the phase decides what its single timer means
-//! (header deadline, keep-alive, poll timeout, send timeout, linger) and what an input
-//! event does. Transitions happen in the worker (`event_loop.rs`) through `settle`, which
-//! recomputes the phase from the facts (parked? output pending? input buffered?) after
-//! every piece of work, so a timeout is just one more input to the same handler.
-//!
-//! Memory: the slot is [`Conn`] — socket, generation, timer links, park links, cursor,
-//! phase and flags — 56 bytes, asserted below. Everything else ([`Io`]: read buffer,
-//! write queue, body decoder) is boxed, taken from a per-worker pool when bytes arrive or
-//! a write would block, and returned when the connection goes idle or parks. A parked
-//! long-poll or an idle keep-alive connection therefore owns no heap memory at all.
+//! The server borrows an [`Io`] from a per-worker pool only while a connection has bytes
+//! in flight and gives it back when the connection is idle, parked or streaming with
+//! nothing queued, so a held connection owns no heap memory.
 
 use std::collections::VecDeque;
 use std::io::{self, Read};
 
 use bytes::Bytes;
-use std::net::TcpStream;
 
-use crate::http::chunked::ChunkedDecoder;
-use crate::park::{ParkLink, ParkSlots};
-use crate::wheel::{TimerNode, TimerSlots};
-
-/// What the connection is doing, and so what its timer means.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Phase {
-    /// Waiting for the first byte of a request; timer: keep-alive (header timeout on a
-    /// connection that has not sent a request yet).
-    Idle,
-    /// A request is partly read; timer: header timeout, armed at its first byte.
-    Head,
-    /// A long-poll is parked; timer: poll timeout.
-    Parked,
-    /// An SSE stream is open and linked like a parked poll; timer: heartbeat.
-    Stream,
-    /// A response is partly written and the socket is full; timer: send timeout.
-    Send,
-    /// Final response written, write side shut; reading and dropping input until the
-    /// client closes, so our close does not turn into a reset that eats the response.
-    Linger,
-}
-
-/// Flag bits in [`Conn::flags`].
-pub mod flag {
-    /// Accepted on the admin listener.
-    pub const ADMIN: u8 = 1;
-    /// Close once the current response is written.
-    pub const CLOSE_AFTER: u8 = 2;
-    /// A gap was already known when the long-poll parked (`Messages-Lost` on delivery).
-    pub const LOST: u8 = 4;
-    /// At least one request has completed (timer for `Idle` is keep-alive, not header).
-    pub const SERVED: u8 = 8;
-    /// The peer closed its write side (or reset); no more input will come.
-    pub const EOF: u8 = 16;
-    /// A write failed: the connection is dead, close it when control returns.
-    pub const DEAD: u8 = 32;
-    /// An SSE stream on more than one channel (events carry `event: CHANNEL`).
-    pub const MULTI: u8 = 64;
-}
-
-/// A connection slot. Hot: one per held connection, so every byte counts.
-pub struct Conn {
-    pub stream: TcpStream,
-    /// Token generation: an event whose generation differs is for an earlier occupant.
-    pub gen: u32,
-    pub timer: TimerNode,
-    pub io: Option<Box<Io>>,
-    /// Parked: the effective cursor (deliver only messages with a larger id).
-    pub cursor: u64,
-    pub link: ParkLink,
-    pub phase: Phase,
-    pub flags: u8,
-}
-
-/// The memory budget of a parked connection: the slot is everything it holds.
-const _: () = assert!(std::mem::size_of::<Conn>() <= 56);
-
-impl Conn {
-    pub fn new(stream: TcpStream, gen: u32, admin: bool) -> Conn {
-        Conn {
-            stream,
-            gen,
-            timer: TimerNode::new(),
-            io: None,
-            cursor: 0,
-            link: ParkLink::new(),
-            phase: Phase::Idle,
-            flags: if admin { flag::ADMIN } else { 0 },
-        }
-    }
-
-    pub fn has(&self, f: u8) -> bool {
-        self.flags & f != 0
-    }
-
-    pub fn set(&mut self, f: u8) {
-        self.flags |= f;
-    }
-
-    pub fn clear(&mut self, f: u8) {
-        self.flags &= !f;
-    }
-
-    /// Output queued and not yet written.
-    pub fn has_output(&self) -> bool {
-        self.io.as_ref().is_some_and(|io| !io.wq.is_empty())
-    }
-
-    /// Input buffered and not yet handled (or a body being read).
-    pub fn has_input(&self) -> bool {
-        self.io
-            .as_ref()
-            .is_some_and(|io| io.rpos < io.rend || io.body.is_some())
-    }
-}
-
-/// How far the body of the request at the front of the buffer has arrived.
-pub enum BodyProgress {
-    /// `Content-Length`: the request is complete once the input holds this many bytes.
-    Length { total: usize },
-    /// Chunked: raw bytes after the head consumed so far, and the decoded body.
-    Chunked {
-        decoder: ChunkedDecoder,
-        consumed: usize,
-        body: Vec<u8>,
-    },
-}
+use crate::http::framing::{Framed, Framer};
 
 /// Per-connection heap state, pooled per worker.
 ///
@@ -138,19 +22,16 @@ pub enum BodyProgress {
 /// of ~4 KiB per read, which is most of the work a one-byte-per-read client causes.
 #[derive(Default)]
 pub struct Io {
-    pub rbuf: Vec<u8>,
+    rbuf: Vec<u8>,
     /// Start of unhandled input in `rbuf`.
-    pub rpos: usize,
+    rpos: usize,
     /// End of input in `rbuf`; `rpos <= rend <= rbuf.len()`.
-    pub rend: usize,
-    /// Bytes of the current head already scanned for its end (see `parse::head_end`).
-    pub scanned: usize,
-    pub body: Option<BodyProgress>,
-    /// `100 Continue` already sent for the request at the front.
-    pub continue_sent: bool,
+    rend: usize,
+    /// The request at the front of the input, across reads.
+    framer: Framer,
     /// Output not yet accepted by the socket, in order.
-    pub wq: VecDeque<Bytes>,
-    pub wq_bytes: usize,
+    wq: VecDeque<Bytes>,
+    wq_bytes: usize,
 }
 
 impl Io {
@@ -198,12 +79,58 @@ impl Io {
         Ok(n)
     }
 
+    /// Frames the request at the front of the input (see [`Framer::next`]). After a
+    /// `Partial` the caller applies its `cut` with [`cut`](Io::cut); after a `Request`
+    /// it calls [`consume`](Io::consume) with its length once it is handled.
+    pub fn frame(&mut self, max_body: usize) -> Framed<'_> {
+        self.framer.next(&self.rbuf[self.rpos..self.rend], max_body)
+    }
+
+    /// Removes `len` bytes of decoded chunk framing at `start` (relative to the input).
+    pub fn cut(&mut self, (start, len): (usize, usize)) {
+        let from = self.rpos + start;
+        self.rbuf.copy_within(from + len..self.rend, from);
+        self.rend -= len;
+    }
+
+    /// Input buffered and not yet handled, or a request body still expected.
+    pub fn has_input(&self) -> bool {
+        self.rpos < self.rend || self.framer.in_body()
+    }
+
+    /// Output queued and not yet written.
+    pub fn has_output(&self) -> bool {
+        !self.wq.is_empty()
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn output_bytes(&self) -> usize {
+        self.wq_bytes
+    }
+
+    /// The oldest queued output.
+    pub fn front_output(&self) -> Option<&Bytes> {
+        self.wq.front()
+    }
+
+    /// `n` bytes of the oldest queued output were written.
+    pub fn output_written(&mut self, n: usize) {
+        let Some(front) = self.wq.front_mut() else {
+            return;
+        };
+        debug_assert!(n <= front.len(), "wrote {n} of {}", front.len());
+        self.wq_bytes -= n;
+        if n >= front.len() {
+            self.wq.pop_front();
+        } else {
+            let _ = front.split_to(n);
+        }
+    }
+
     /// Forgets the handled request at the front of the buffer.
     pub fn consume(&mut self, n: usize) {
         self.rpos += n;
-        self.scanned = 0;
-        self.body = None;
-        self.continue_sent = false;
+        self.framer.reset();
         if self.rpos == self.rend {
             self.rpos = 0;
             self.rend = 0;
@@ -215,7 +142,7 @@ impl Io {
         if self.rpos > 0 {
             self.rbuf.copy_within(self.rpos..self.rend, 0);
             self.rend -= self.rpos;
-            self.scanned = self.scanned.saturating_sub(self.rpos);
+            self.framer.shifted(self.rpos);
             self.rpos = 0;
         }
     }
@@ -225,8 +152,7 @@ impl Io {
     pub fn discard_input(&mut self) {
         self.rpos = 0;
         self.rend = 0;
-        self.scanned = 0;
-        self.body = None;
+        self.framer.reset();
     }
 
     /// Ready for reuse by another connection. A buffer up to `KEEP_CAPACITY` is kept,
@@ -237,9 +163,7 @@ impl Io {
         }
         self.rpos = 0;
         self.rend = 0;
-        self.scanned = 0;
-        self.body = None;
-        self.continue_sent = false;
+        self.framer.reset();
         self.wq.clear();
         self.wq_bytes = 0;
     }
@@ -249,21 +173,6 @@ impl Io {
             self.wq_bytes += b.len();
             self.wq.push_back(b);
         }
-    }
-}
-
-/// The slab of connections gives the timer wheel and the park lists their links.
-pub struct Slots<'a>(pub &'a mut slab::Slab<Conn>);
-
-impl TimerSlots for Slots<'_> {
-    fn node(&mut self, key: u32) -> &mut TimerNode {
-        &mut self.0[key as usize].timer
-    }
-}
-
-impl ParkSlots for Slots<'_> {
-    fn link(&mut self, conn: u32) -> &mut ParkLink {
-        &mut self.0[conn as usize].link
     }
 }
 
@@ -391,14 +300,12 @@ mod tests {
         io.read_from(&mut Scribble { n: 4096, fill: 1 }, LIMIT)
             .unwrap();
         io.consume(4000);
-        io.scanned = 50;
         assert_eq!((io.rpos, io.rend, io.rbuf.len()), (4000, 4096, 4096));
         let n = io
             .read_from(&mut Scribble { n: 10, fill: 2 }, LIMIT)
             .unwrap();
         assert_eq!(n, 10);
         assert_eq!((io.rpos, io.rend, io.rbuf.len()), (0, 106, 4096));
-        assert_eq!(io.scanned, 0, "scanned is relative to rpos");
         assert!(io.input()[..96].iter().all(|&b| b == 1));
         assert!(io.input()[96..].iter().all(|&b| b == 2));
     }
@@ -458,11 +365,14 @@ mod tests {
         let mut io = Io::default();
         io.read_from(&mut &b"GET / HTTP/1.1\r\nX: 1"[..], LIMIT)
             .unwrap();
-        io.scanned = 10;
-        io.body = Some(BodyProgress::Length { total: 100 });
+        // A body is expected: the head says so.
+        io.read_from(&mut &b"\r\nContent-Length: 100\r\n\r\n"[..], LIMIT)
+            .unwrap();
+        assert!(matches!(io.frame(1000), Framed::Partial { .. }));
+        assert!(io.has_input());
         io.discard_input();
         assert!(io.input().is_empty());
-        assert_eq!((io.rpos, io.rend, io.scanned), (0, 0, 0));
-        assert!(io.body.is_none());
+        assert_eq!((io.rpos, io.rend), (0, 0));
+        assert!(!io.has_input(), "no body expected any more");
     }
 }

@@ -1,0 +1,325 @@
+//! Routes and handlers: which request goes where (`docs/protocol.md` lists them), and
+//! what each handler answers. Public listener: `/sub/…` and `/health`; admin listener:
+//! `/pub/…` (publish, info, delete), `/stats`, `/metrics`, `/health`.
+//!
+//! A handler renders its response into the worker's scratch buffer and returns an
+//! [`Outcome`]; `requests.rs` writes it. A subscribe that waits hands the connection
+//! to `deliver.rs` (parked or streaming) and returns [`Outcome::Parked`].
+
+use std::io::Write;
+
+use bytes::Bytes;
+use holdfast::http::parse::{Method, Request};
+use holdfast::http::respond;
+use holdfast::stats::inc;
+use holdfast::store::{valid_channel_name, Cursor, PublishError, Subscribed};
+use holdfast::stream::{Event, Framing};
+use holdfast::subscribe;
+
+use super::conn::Input;
+use super::worker::Worker;
+
+/// What handling one request left to do.
+pub enum Outcome {
+    /// A response is rendered in `Worker::out` (plus an optional shared payload).
+    Respond { payload: Option<Bytes>, close: bool },
+    /// The request parked or became a stream; nothing more to write now.
+    Parked,
+}
+
+impl Worker {
+    /// Routes one complete request to its handler.
+    pub(super) fn handle(&mut self, key: usize, req: &Request<'_>, body: &[u8]) -> Outcome {
+        self.out.clear();
+        let admin = self.conns[key].is_admin();
+        let path = req.path;
+        let m = req.method;
+        if path == b"/health" {
+            return match m {
+                Method::Get | Method::Head => self.text(req, 200, "ok\n"),
+                _ => self.not_allowed(req, b"GET, HEAD"),
+            };
+        }
+        if !admin {
+            if let Some(chs) = path.strip_prefix(b"/sub/") {
+                return match m {
+                    Method::Get => self.subscribe(key, req, chs),
+                    _ => self.not_allowed(req, b"GET"),
+                };
+            }
+            return self.text(req, 404, "not found\n");
+        }
+        if let Some(ch) = path.strip_prefix(b"/pub/") {
+            if !valid_channel_name(ch) {
+                return self.text(req, 400, "invalid channel name\n");
+            }
+            // Valid names are ASCII.
+            let ch = std::str::from_utf8(ch).unwrap_or_default();
+            return match m {
+                Method::Post | Method::Put => self.publish(req, ch, body),
+                Method::Get | Method::Head => self.channel_info(req, ch),
+                Method::Delete => self.delete(req, ch),
+                Method::Other => self.not_allowed(req, b"GET, HEAD, POST, PUT, DELETE"),
+            };
+        }
+        match (path, m) {
+            (b"/stats" | b"/metrics", Method::Get | Method::Head) => {
+                let snap = self.shared.snapshot();
+                let mut body = Vec::with_capacity(1024);
+                if path == b"/stats" {
+                    snap.json(&mut body);
+                    self.respond(req, 200, &[], Some(b"application/json"), &body)
+                } else {
+                    snap.prometheus(&mut body);
+                    self.respond(req, 200, &[], Some(b"text/plain; version=0.0.4"), &body)
+                }
+            }
+            (b"/stats" | b"/metrics", _) => self.not_allowed(req, b"GET, HEAD"),
+            _ => self.text(req, 404, "not found\n"),
+        }
+    }
+
+    fn respond(
+        &mut self,
+        req: &Request<'_>,
+        code: u16,
+        headers: &[(&str, &[u8])],
+        ct: Option<&[u8]>,
+        body: &[u8],
+    ) -> Outcome {
+        self.out.clear();
+        respond::simple(
+            &mut self.out,
+            code,
+            &self.date,
+            !req.keep_alive,
+            headers,
+            ct,
+            body,
+        );
+        if req.method == Method::Head {
+            self.out.truncate(self.out.len() - body.len());
+        }
+        Outcome::Respond {
+            payload: None,
+            close: false,
+        }
+    }
+
+    fn text(&mut self, req: &Request<'_>, code: u16, body: &str) -> Outcome {
+        self.respond(
+            req,
+            code,
+            &[],
+            Some(b"text/plain; charset=utf-8"),
+            body.as_bytes(),
+        )
+    }
+
+    /// Renders the `503` + `Retry-After: 1` (then close) of a server shutting down.
+    pub(super) fn render_shutting_down(&mut self) {
+        self.out.clear();
+        respond::text(
+            &mut self.out,
+            503,
+            &self.date,
+            true,
+            &[("Retry-After", b"1")],
+            "server shutting down\n",
+        );
+    }
+
+    fn shutting_down_response(&mut self) -> Outcome {
+        self.render_shutting_down();
+        Outcome::Respond {
+            payload: None,
+            close: true,
+        }
+    }
+
+    /// `--max-channels` refused a new channel: 503 (it may clear as channels expire).
+    fn too_many_channels(&mut self, req: &Request<'_>) -> Outcome {
+        let body = b"channel limit reached (--max-channels)\n";
+        self.respond(
+            req,
+            503,
+            &[("Retry-After", b"1")],
+            Some(b"text/plain; charset=utf-8"),
+            body,
+        )
+    }
+
+    fn not_allowed(&mut self, req: &Request<'_>, allow: &[u8]) -> Outcome {
+        let body = b"method not allowed\n";
+        self.respond(
+            req,
+            405,
+            &[("Allow", allow)],
+            Some(b"text/plain; charset=utf-8"),
+            body,
+        )
+    }
+
+    fn publish(&mut self, req: &Request<'_>, ch: &str, body: &[u8]) -> Outcome {
+        let ct = req
+            .content_type
+            .filter(|c| !c.is_empty())
+            .map(Bytes::copy_from_slice);
+        let payload = Bytes::copy_from_slice(body);
+        let info = match self.shared.store.publish(ch, ct, payload, self.now) {
+            Ok(info) => info,
+            Err(PublishError::TooManyChannels) => return self.too_many_channels(req),
+            Err(PublishError::Closed) => return self.shutting_down_response(),
+        };
+        let mut json = Vec::with_capacity(128);
+        json.extend_from_slice(b"{\"id\":\"");
+        let _ = write!(json, "{}\",\"channel\":", info.id);
+        respond::json_str(&mut json, ch);
+        let _ = write!(
+            json,
+            ",\"subscribers\":{},\"buffered\":{}}}",
+            info.subscribers, info.buffered
+        );
+        self.respond(req, 201, &[], Some(b"application/json"), &json)
+    }
+
+    fn channel_info(&mut self, req: &Request<'_>, ch: &str) -> Outcome {
+        let Some(i) = self.shared.store.info(ch, self.now) else {
+            return self.text(req, 404, "no such channel\n");
+        };
+        let mut json = Vec::with_capacity(192);
+        json.extend_from_slice(b"{\"channel\":");
+        respond::json_str(&mut json, ch);
+        let _ = write!(
+            json,
+            ",\"buffered\":{},\"bytes\":{},\"subscribers\":{},\"first_id\":\"{}\",\"last_id\":\"{}\",\"evicted_max\":\"{}\"}}",
+            i.buffered, i.bytes, i.subscribers, i.first_id, i.last_id, i.evicted_max
+        );
+        self.respond(req, 200, &[], Some(b"application/json"), &json)
+    }
+
+    fn delete(&mut self, req: &Request<'_>, ch: &str) -> Outcome {
+        if !self.shared.store.delete(ch) {
+            return self.text(req, 404, "no such channel\n");
+        }
+        self.respond(req, 204, &[], None, b"")
+    }
+
+    fn subscribe(&mut self, key: usize, req: &Request<'_>, list: &[u8]) -> Outcome {
+        let sub = match subscribe::parse(list, req.query, req.last_event_id, self.shared.holds) {
+            Ok(s) => s,
+            Err(why) => return self.text(req, 400, why),
+        };
+        let names = sub.names();
+        // A client that has closed its side, or a server shutting down, gets an answer
+        // now: no stream, no parking.
+        let may_wait = self.shutting_down.is_none() && !self.conns[key].input_ended();
+        if let Some(framing) = Framing::for_request(req.wants_sse).filter(|_| may_wait) {
+            return self.open_stream(key, req, framing, names, sub.cursor);
+        }
+        let hold_ms = sub.timeout.as_millis() as u64;
+        let park = hold_ms > 0 && may_wait;
+        let keys = &mut self.keys[..names.len()];
+        let r = self.shared.store.subscribe(
+            names,
+            sub.cursor,
+            park.then_some((self.group, keys)),
+            self.now,
+        );
+        let Ok(r) = r else {
+            return self.too_many_channels(req);
+        };
+        match r {
+            Subscribed::Ready { msg, lost } => {
+                self.out.clear();
+                respond::message_head(
+                    &mut self.out,
+                    &Event::from(&*msg),
+                    msg.content_type.as_deref(),
+                    &self.date,
+                );
+                self.out
+                    .extend_from_slice(respond::message_tail(lost, !req.keep_alive));
+                inc(&self.shared.stats.delivered);
+                Outcome::Respond {
+                    payload: Some(msg.payload.clone()),
+                    close: false,
+                }
+            }
+            Subscribed::Waiting { cursor, lost } if park => {
+                self.link_waiter(key, names.len(), cursor);
+                self.step(
+                    key,
+                    Input::Parked {
+                        hold_ms,
+                        lost,
+                        close_after: !req.keep_alive,
+                    },
+                );
+                inc(&self.shared.stats.parked);
+                Outcome::Parked
+            }
+            Subscribed::Waiting { cursor, .. } => {
+                if self.shutting_down.is_some() {
+                    return self.shutting_down_response();
+                }
+                inc(&self.shared.stats.poll_timeouts);
+                self.out.clear();
+                respond::timeout(&mut self.out, cursor, &self.date, !req.keep_alive);
+                Outcome::Respond {
+                    payload: None,
+                    close: false,
+                }
+            }
+        }
+    }
+
+    /// Turns the request into a stream: head, every buffered message newer than the
+    /// cursor, then the connection is linked like a parked poll and stays open.
+    fn open_stream(
+        &mut self,
+        key: usize,
+        req: &Request<'_>,
+        framing: Framing,
+        names: &[&str],
+        mut cursor: Cursor,
+    ) -> Outcome {
+        self.out.clear();
+        framing.head(&mut self.out, &self.date);
+        let named = names.len() > 1;
+        let (last, lost) = loop {
+            let keys = &mut self.keys[..names.len()];
+            match self
+                .shared
+                .store
+                .subscribe(names, cursor, Some((self.group, keys)), self.now)
+            {
+                Err(_) => return self.too_many_channels(req),
+                Ok(Subscribed::Ready { msg, lost }) => {
+                    if lost {
+                        framing.lost(&mut self.out, msg.id);
+                    }
+                    framing.message(&mut self.out, &Event::from(&*msg), named);
+                    inc(&self.shared.stats.delivered);
+                    cursor = Cursor::Since(msg.id);
+                }
+                // Nothing newer: the store registered us on every channel. A gap seen
+                // now (a channel freed after losing messages newer than the cursor)
+                // is announced with the next message, as for a long-poll.
+                Ok(Subscribed::Waiting { cursor, lost }) => break (cursor, lost),
+            }
+        };
+        self.send_out(key, None);
+        self.link_waiter(key, names.len(), last);
+        self.step(
+            key,
+            Input::Streaming {
+                framing,
+                named,
+                lost,
+            },
+        );
+        inc(&self.shared.stats.sse_streams);
+        Outcome::Parked
+    }
+}
