@@ -90,14 +90,16 @@ impl Parking {
     }
 
     /// Waiters on `key` in this worker.
-    pub fn len(&self, key: ChannelKey) -> u32 {
+    #[cfg(test)]
+    fn len(&self, key: ChannelKey) -> u32 {
         self.by_key
             .get(&key)
             .map_or(0, |&l| self.lists[l as usize].len)
     }
 
     /// Number of channel lists with waiters.
-    pub fn lists(&self) -> usize {
+    #[cfg(test)]
+    fn lists(&self) -> usize {
         self.lists.len()
     }
 

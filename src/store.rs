@@ -337,7 +337,7 @@ struct Channel {
 /// older cursor with probability about 1 - e^(-K / FOLD_BUCKETS). A re-created channel
 /// reads its tombstone but does not consume it: ids only grow, so a later tombstone for
 /// the name supersedes it.
-pub struct Tombstones {
+struct Tombstones {
     hasher: RandomState,
     lost_max: HashMap<u64, u64>,
     /// Hashes in the order their first tombstone was laid.
@@ -350,12 +350,12 @@ pub struct Tombstones {
 }
 
 /// Most tombstones kept exactly (about 3 MiB: the hash table's buckets and the queue).
-pub const TOMBSTONES: usize = 65_536;
+const TOMBSTONES: usize = 65_536;
 /// Buckets for tombstones dropped from the table (512 KiB once in use).
-pub const FOLD_BUCKETS: usize = 65_536;
+const FOLD_BUCKETS: usize = 65_536;
 
 impl Tombstones {
-    pub fn new(cap: usize, buckets: usize) -> Tombstones {
+    fn new(cap: usize, buckets: usize) -> Tombstones {
         Tombstones {
             hasher: RandomState::new(),
             lost_max: HashMap::new(),
@@ -367,7 +367,7 @@ impl Tombstones {
     }
 
     /// Channel `name` is freed having lost messages up to id `lost`.
-    pub fn bury(&mut self, name: &str, lost: u64) {
+    fn bury(&mut self, name: &str, lost: u64) {
         if lost == 0 {
             return;
         }
@@ -391,7 +391,7 @@ impl Tombstones {
     }
 
     /// The newest id a channel named `name` may have lost before it was (re-)created.
-    pub fn lost_before(&self, name: &str) -> u64 {
+    fn lost_before(&self, name: &str) -> u64 {
         let h = self.hasher.hash_one(name);
         let own = self.lost_max.get(&h).copied().unwrap_or(0);
         let folded = self

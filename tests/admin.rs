@@ -5,7 +5,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::*;
+use common::http::Conn;
+use common::protocol::{
+    assert_delivery, get, park, poll, publish, publish_full, publish_id, stat, stats, wait_stat,
+};
+use common::server::Server;
+use common::timing::wait_until;
 
 const SEC: Duration = Duration::from_secs(1);
 

@@ -28,8 +28,11 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::nginx::{kill_group, Nginx, TempDir};
-use common::*;
+use common::nginx::{Nginx, TempDir};
+use common::process::kill_group;
+use common::protocol::{get, publish, request, stat};
+use common::server::Server;
+use common::timing::wait_until;
 
 const SEC: Duration = Duration::from_secs(1);
 const PAGE: &[u8] = include_bytes!("assets/example-client.html");

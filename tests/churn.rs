@@ -29,7 +29,11 @@ use mio::net::TcpStream as MioStream;
 use mio::{Events, Interest, Poll, Token};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-use common::*;
+use common::http::Conn;
+use common::net::source_addr;
+use common::protocol::{cursor_now, id_num, publish_id, stat};
+use common::server::Server;
+use common::timing::wait_until;
 
 const SUBSCRIBERS: usize = 3_000;
 const CHANNELS: usize = 40;
@@ -268,7 +272,7 @@ impl Driver {
             let _ = self.poll.registry().deregister(&mut conn);
             if reset {
                 let std: std::net::TcpStream = conn.into();
-                common::reset(std);
+                common::net::reset(std);
             }
         }
         if !self.subs[i].done {

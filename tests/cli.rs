@@ -1,4 +1,4 @@
-//! The command line: `--help` lists every PROTOCOL flag, and bad flags or values get a
+//! The command line: `--help` lists every flag of `docs/protocol.md`, and bad flags or values get a
 //! clear message and exit status 2 without starting a server.
 
 mod common;
@@ -22,7 +22,7 @@ const FLAGS: [&str; 13] = [
 ];
 
 fn run(args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(common::server_bin())
+    let out = Command::new(common::server::server_bin())
         .args(args)
         .output()
         .expect("run the server binary");

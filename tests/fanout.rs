@@ -13,7 +13,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::*;
+use common::http::{request_bytes, IO_TIMEOUT};
+use common::net::{connect_many, raise_fd_limit_for};
+use common::protocol::{get, publish_full, publish_id, stat, wait_stat};
+use common::server::{testing_holdfast, Server};
 
 const SUBSCRIBERS: usize = 15_000;
 const SOURCE_ADDRS: u8 = 8; // 127.0.0.2 ..= 127.0.0.9

@@ -13,7 +13,9 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::*;
+use common::http::{request_bytes, Conn, Response, IO_TIMEOUT};
+use common::server::Server;
+use common::timing::wait_until;
 
 const SEC: Duration = Duration::from_secs(1);
 /// How long the server is held exhausted while its CPU time is measured.
@@ -110,7 +112,7 @@ fn at_the_connection_cap_new_connections_get_503_without_a_spin_and_service_resu
     );
     assert!(
         seen.contains(&Admission::Refused503),
-        "at --max-connections new connections get 503 (PROTOCOL.md): {seen:?}"
+        "at --max-connections new connections get 503 (docs/protocol.md): {seen:?}"
     );
     assert!(
         cpu < MAX_CPU_WHILE_CAPPED,

@@ -1,12 +1,17 @@
 //! HTTP/1.1 behaviour on both listeners: framing, keep-alive, pipelining, HTTP/1.0,
-//! `Connection: close`, the error rows (400/404/405/414/431), the header and keep-alive
+//! `Connection: close`, the error rows (400/404/405/414/431/505), the header and keep-alive
 //! timeouts, and `--max-connections`.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
-use common::*;
+use common::http::{assert_close_is_consistent, request_bytes, Conn, Response};
+use common::protocol::{
+    assert_delivery, get, id_num, park, poll, publish, publish_id, request, stat, wait_stat,
+};
+use common::server::{testing_holdfast, Server};
+use common::timing::{assert_between, wait_until};
 
 const SEC: Duration = Duration::from_secs(1);
 
@@ -271,6 +276,53 @@ fn malformed_request_line_is_400_then_close() {
         let _ = c.try_send(raw);
         assert_error_then_close(&mut c, 400, &format!("{:?}", String::from_utf8_lossy(raw)));
     }
+}
+
+/// Where the version belongs (docs/protocol.md, "Request heads"): a well-formed
+/// `HTTP/` digit `.` digit other than 1.0 and 1.1 is `505`; anything else there is not
+/// an HTTP version at all, a malformed request line: `400`. Either way, then close.
+/// Every case is tried and the wrong answers are reported together.
+#[test]
+fn a_version_that_is_not_http_is_400_and_an_unsupported_http_version_is_505() {
+    let s = Server::start(&[]);
+    let cases = [
+        // Not an HTTP version: 400.
+        (s.public, &b"THIS IS NOT HTTP\r\n\r\n"[..], 400),
+        (s.public, b"GET / FOO/1.1\r\n\r\n", 400),
+        (s.admin, b"GET / FOO/1.1\r\n\r\n", 400),
+        (s.public, b"GET /health http/1.1\r\n\r\n", 400),
+        (s.public, b"GET /health HTTP/1.10\r\n\r\n", 400),
+        (s.public, b"GET /health HTTP/11\r\n\r\n", 400),
+        // Well-formed, neither 1.0 nor 1.1: 505.
+        (s.public, b"GET / HTTP/2.0\r\n\r\n", 505),
+        (s.public, b"GET / HTTP/1.2\r\n\r\n", 505),
+        (s.public, b"GET /health HTTP/0.9\r\n\r\n", 505),
+        (s.admin, b"GET /stats HTTP/2.0\r\n\r\n", 505),
+    ];
+    let mut wrong = Vec::new();
+    for (addr, raw, status) in cases {
+        let what = format!("{:?}", String::from_utf8_lossy(raw));
+        let mut c = Conn::open(addr);
+        let _ = c.try_send(raw);
+        match c.read_response() {
+            Ok(r) if r.status == status => {
+                assert!(
+                    r.closes(),
+                    "{what}: {status} without Connection: close: {}",
+                    r.brief()
+                );
+                assert!(
+                    r.content_length().is_some(),
+                    "{what}: no Content-Length: {}",
+                    r.brief()
+                );
+                c.assert_closed(5 * SEC);
+            }
+            Ok(r) => wrong.push(format!("{what}: want {status}, got {}", r.status)),
+            Err(e) => wrong.push(format!("{what}: want {status}, got no response: {e}")),
+        }
+    }
+    assert!(wrong.is_empty(), "wrong answers:\n{}", wrong.join("\n"));
 }
 
 #[test]

@@ -6,7 +6,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::*;
+use common::protocol::{
+    assert_delivery, get, id_num, park, poll, poll_with, publish, publish_full, stat, stats,
+    wait_stat,
+};
+use common::server::{server_bin, Server};
 
 const SEC: Duration = Duration::from_secs(1);
 

@@ -5,7 +5,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::*;
+use common::protocol::{
+    assert_delivery, cursor_now, get, id_num, park, poll, poll_with, publish, publish_full,
+    publish_id, stat, wait_stat,
+};
+use common::server::Server;
+use common::timing::assert_between;
 
 const SEC: Duration = Duration::from_secs(1);
 
@@ -447,7 +452,7 @@ fn channel_is_freed_after_its_messages_expire() {
 
 /// A client away longer than the TTL: its channel's messages expired and the channel,
 /// with no one left on it, was freed. Coming back with its cursor, it must still hear
-/// that it missed something (PROTOCOL: messages are never lost silently).
+/// that it missed something (`docs/protocol.md`: messages are never lost silently).
 #[test]
 fn a_client_returning_to_a_freed_channel_is_told_what_it_missed() {
     let s = Server::start(&["--message-ttl", "1"]);

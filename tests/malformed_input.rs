@@ -31,7 +31,10 @@ use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 use common::fuzzing::{
     mutated_bytes, mutated_request, parse_responses, Mutation, WireParse, VALID_REQUESTS,
 };
-use common::*;
+use common::http::IO_TIMEOUT;
+use common::protocol::{assert_delivery, cursor_now, park, publish, stats};
+use common::server::Server;
+use common::timing::wait_until;
 
 const SEED: [u8; 32] = *b"holdfast malformed-input seed 01";
 const PARALLEL: usize = 32;

@@ -16,8 +16,16 @@ use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::http::{request_bytes, Conn};
+use common::net::raise_fd_limit_for;
 use common::nginx::Nginx;
-use common::*;
+use common::protocol::{
+    assert_delivery, cursor_now, get, park, poll, publish, publish_full, publish_id, request, stat,
+    wait_stat,
+};
+use common::server::Server;
+use common::sse::Sse;
+use common::timing::{assert_between, wait_until};
 
 const SEC: Duration = Duration::from_secs(1);
 

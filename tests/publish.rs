@@ -7,7 +7,13 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::*;
+use common::http::{assert_close_is_consistent, request_bytes, Conn};
+use common::protocol::{
+    assert_delivery, get, id_num, park, poll, publish, publish_full, publish_id, request, stat,
+    wait_stat,
+};
+use common::server::Server;
+use common::timing::now_micros;
 
 const SEC: Duration = Duration::from_secs(1);
 

@@ -5,7 +5,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::*;
+use common::http::Conn;
+use common::protocol::{get, park, publish, wait_stat};
+use common::server::Server;
 
 const SEC: Duration = Duration::from_secs(1);
 

@@ -19,7 +19,11 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::*;
+use common::http::{request_bytes, Conn, Response};
+use common::net::{connect_from, source_addr};
+use common::protocol::{id_num, wait_stat};
+use common::server::Server;
+use common::timing::wait_until;
 
 const CHANNELS: usize = 600;
 const PER_CHANNEL: usize = 5;

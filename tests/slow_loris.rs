@@ -15,7 +15,11 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::*;
+use common::http::Conn;
+use common::net::{connect_from, source_addr};
+use common::protocol::{assert_delivery, cursor_now, publish_id, stat, stats, wait_stat};
+use common::server::Server;
+use common::timing::{quantile, wait_until};
 
 const LORIS: usize = 2_000;
 const DRIBBLE: Duration = Duration::from_millis(200);

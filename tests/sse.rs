@@ -11,7 +11,12 @@ use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-use common::*;
+use common::http::{Conn, IO_TIMEOUT};
+use common::protocol::{
+    assert_delivery, id_num, park, publish, publish_full, publish_id, request, stat, wait_stat,
+};
+use common::server::Server;
+use common::sse::{Sse, SseEvent, SSE_PREAMBLE};
 
 const SEC: Duration = Duration::from_secs(1);
 const MS: Duration = Duration::from_millis(1);

@@ -11,7 +11,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::*;
+use common::http::IO_TIMEOUT;
+use common::net::{connect_many, raise_fd_limit_for};
+use common::protocol::{publish_full, publish_id, stat, wait_stat};
+use common::server::{testing_holdfast, Server};
+use common::sse::{sse_request_bytes, Sse, SSE_PREAMBLE};
 
 const STREAMS: usize = 15_000;
 const SOURCE_ADDRS: u8 = 8; // 127.0.0.2 ..= 127.0.0.9

@@ -19,7 +19,12 @@ use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-use common::*;
+use common::http::{Conn, IO_TIMEOUT};
+use common::net::source_addr;
+use common::protocol::{cursor_now, publish, publish_id, stat, wait_stat};
+use common::server::Server;
+use common::sse::{Sse, SseEvent};
+use common::timing::wait_until;
 
 const SLOW: usize = 1_000;
 const READERS: usize = 4;

@@ -8,7 +8,9 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::*;
+use common::http::Conn;
+use common::protocol::{cursor_now, id_num, publish_id, stat};
+use common::server::Server;
 
 const MESSAGES: usize = 5_000;
 

@@ -171,6 +171,21 @@ pub fn json_str(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
 }
 
+/// Days since 1970-01-01 → (year, month 1–12, day 1–31), proleptic Gregorian
+/// (H. Hinnant's `civil_from_days`). Also used by the bench harness for its dated
+/// output directories.
+pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
 /// Renders an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`) for `unix_secs` without
 /// allocating; workers call it once a second.
 pub fn http_date(unix_secs: u64, out: &mut [u8; 29]) {
@@ -181,16 +196,8 @@ pub fn http_date(unix_secs: u64, out: &mut [u8; 29]) {
     ];
     let days = unix_secs / 86_400;
     let secs = unix_secs % 86_400;
-    // Civil-from-days (H. Hinnant), valid for any date after 1970.
-    let z = days as i64 + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u64;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as usize;
-    let year = (yoe + era * 400 + i64::from(month <= 2)) as u64;
+    let (year, month, day) = civil_from_days(days as i64);
+    let (year, month, day) = (year as u64, month as usize, u64::from(day));
     let two = |v: u64| [b'0' + (v / 10 % 10) as u8, b'0' + (v % 10) as u8];
     out[..3].copy_from_slice(DAYS[(days % 7) as usize]);
     out[3..5].copy_from_slice(b", ");
@@ -212,6 +219,18 @@ pub fn http_date(unix_secs: u64, out: &mut [u8; 29]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dates_from_days() {
+        for (days, want) in [
+            (0, (1970, 1, 1)),
+            (19_723, (2024, 1, 1)),
+            (19_782, (2024, 2, 29)),
+            (11_016, (2000, 2, 29)),
+        ] {
+            assert_eq!(civil_from_days(days), want, "day {days}");
+        }
+    }
 
     #[test]
     fn renders_simple_responses() {

@@ -114,12 +114,9 @@ impl Worker {
                 self.send_out(key, payload.as_ref());
                 self.request_done(key, close || !keep_alive);
             }
-            Outcome::Parked => {
-                if !keep_alive && !self.conns[key].closing() {
-                    self.step(key, Input::CloseAfter);
-                }
-                self.release_io(key);
-            }
+            // Parked or streaming: the state machine already knows whether the client
+            // asked to close after the answer.
+            Outcome::Parked => self.release_io(key),
         }
         true
     }

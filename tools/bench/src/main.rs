@@ -150,25 +150,11 @@ impl Args {
     }
 }
 
-/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (H. Hinnant's
-/// `civil_from_days`).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
 fn today_utc() -> String {
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+    let (y, m, d) = holdfast::http::respond::civil_from_days((secs / 86_400) as i64);
     format!("{y:04}-{m:02}-{d:02}")
 }
 
@@ -522,17 +508,5 @@ mod tests {
             assert_eq!((s.key(), s.mode()), (key, mode));
         }
         assert_eq!(scenarios::idle_sizes(&p, Scenario::SseIdle), [200]);
-    }
-
-    #[test]
-    fn dates_from_days() {
-        for (days, want) in [
-            (0, (1970, 1, 1)),
-            (19_723, (2024, 1, 1)),
-            (19_782, (2024, 2, 29)),
-            (11_016, (2000, 2, 29)),
-        ] {
-            assert_eq!(civil_from_days(days), want, "day {days}");
-        }
     }
 }

@@ -16,7 +16,7 @@
 //!
 //! Only a SIGKILL of the harness itself can leave children running.
 
-use std::io::{self, BufRead, BufReader, Read};
+use std::io;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -135,51 +135,4 @@ impl Drop for Proc {
         let _ = self.child.wait();
         with_groups(|g| g.retain(|&p| p != pgid));
     }
-}
-
-/// Reads `stdout` lines on a thread of its own until both `listening public=` and
-/// `listening admin=` were seen or `limit` passes; keeps draining (and discarding) the
-/// pipe afterwards so the child never blocks on a full pipe.
-pub fn read_listen_lines(
-    stdout: impl Read + Send + 'static,
-    limit: Duration,
-) -> io::Result<(String, String)> {
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        let mut r = BufReader::new(stdout);
-        let mut line = String::new();
-        loop {
-            line.clear();
-            match r.read_line(&mut line) {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {
-                    // The receiver is gone once both lines were read; keep draining.
-                    let _ = tx.send(line.trim().to_string());
-                }
-            }
-        }
-    });
-    let deadline = Instant::now() + limit;
-    let (mut public, mut admin) = (None, None);
-    while public.is_none() || admin.is_none() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx.recv_timeout(left).map_err(|e| {
-            let why = match e {
-                std::sync::mpsc::RecvTimeoutError::Timeout => format!("within {limit:?}"),
-                std::sync::mpsc::RecvTimeoutError::Disconnected => {
-                    "before it closed its stdout (it exited?)".into()
-                }
-            };
-            io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("server did not print `listening public=` and `listening admin=` {why}"),
-            )
-        })?;
-        if let Some(a) = line.strip_prefix("listening public=") {
-            public = Some(a.to_string());
-        } else if let Some(a) = line.strip_prefix("listening admin=") {
-            admin = Some(a.to_string());
-        }
-    }
-    Ok((public.unwrap_or_default(), admin.unwrap_or_default()))
 }

@@ -7,7 +7,8 @@
 //! process(es), with the master reported separately.
 
 use crate::measure::{self, Cpu, Mem};
-use crate::procs::{self, Proc};
+use crate::procs::Proc;
+use holdfast_stress::startup::{self, StartupError};
 use std::fmt::Write as _;
 use std::fs;
 use std::io::{self, Read, Write};
@@ -115,25 +116,21 @@ impl Server {
         let stdout = proc
             .take_stdout()
             .ok_or_else(|| io::Error::other("no stdout pipe"))?;
-        let (public, admin) =
-            procs::read_listen_lines(stdout, Duration::from_secs(10)).map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!("{}: {e} (log: {})", kind.name(), log.display()),
-                )
-            })?;
-        let parse = |s: &str| {
-            s.parse::<SocketAddr>().map_err(|e| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("{}: bad address {s:?}: {e}", kind.name()),
-                )
-            })
-        };
+        let listening = startup::read_listening(stdout, Duration::from_secs(10)).map_err(|e| {
+            let why = match e {
+                StartupError::Timeout(_) => io::ErrorKind::TimedOut,
+                StartupError::Closed => io::ErrorKind::UnexpectedEof,
+                StartupError::Malformed(_) => io::ErrorKind::InvalidData,
+            };
+            io::Error::new(
+                why,
+                format!("{}: {e} (log: {})", kind.name(), log.display()),
+            )
+        })?;
         let mut server = Server {
             kind,
-            public: parse(&public)?,
-            admin: parse(&admin)?,
+            public: listening.public,
+            admin: listening.admin,
             measured: vec![proc.pid()],
             master: None,
             proc,

@@ -212,7 +212,7 @@ impl SseParser {
 /// An SSE event id in a form that orders: `(major, minor)`, compared as a pair.
 ///
 /// - holdfast (both servers of this repository): a decimal `u64`, strictly increasing
-///   across the server (PROTOCOL.md), so `(id, 0)`.
+///   across the server (`docs/protocol.md`), so `(id, 0)`.
 /// - nchan: `TIME:TAG`, the publish time in seconds and a counter within that second
 ///   (`1795299650:0`, `1795299650:1`, `1795299651:0`), so `(TIME, TAG)`. nchan does not
 ///   promise more than "an id to resume from"; ordering by the pair is what its ids do

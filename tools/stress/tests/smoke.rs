@@ -4,9 +4,11 @@
 //! --workspace`), or the one `HOLDFAST_STRESS_SERVER` names; without either the
 //! server tests say so and skip.
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use holdfast_stress::startup;
 
 mod common;
 
@@ -39,28 +41,18 @@ impl Server {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
         let out = child.stdout.take().expect("piped stdout");
-        let (mut public, mut admin) = (None, None);
-        for line in BufReader::new(out).lines() {
-            let line = line.expect("server stdout");
-            if let Some(a) = line.strip_prefix("listening public=") {
-                public = Some(a.trim().to_owned());
-            } else if let Some(a) = line.strip_prefix("listening admin=") {
-                admin = Some(a.trim().to_owned());
-            }
-            if public.is_some() && admin.is_some() {
-                break;
+        match startup::read_listening(out, Duration::from_secs(10)) {
+            Ok(l) => Server {
+                child,
+                public: l.public.to_string(),
+                admin: l.admin.to_string(),
+            },
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{}: {e}", bin.display());
             }
         }
-        let mut s = Server {
-            child,
-            public: public.unwrap_or_default(),
-            admin: admin.unwrap_or_default(),
-        };
-        if s.public.is_empty() || s.admin.is_empty() {
-            let _ = s.child.kill();
-            panic!("server printed no listening addresses");
-        }
-        s
     }
 }
 

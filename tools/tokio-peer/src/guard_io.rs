@@ -1,5 +1,5 @@
 //! The socket hyper reads and writes: a `TcpStream` wrapper that enforces the limits of
-//! PROTOCOL.md that hyper has no knob for.
+//! docs/protocol.md that hyper has no knob for.
 //!
 //! Owns three things:
 //! - **Header timeout** (`--header-timeout`, slow-loris): a request head must be complete
@@ -9,12 +9,16 @@
 //!   flight and no bytes arriving is closed after the limit; this also bounds a response
 //!   the client will not read, as the deadline starts when the response is handed to
 //!   hyper, written or not.
-//! - **Request line over 8 KiB** (`414`): detected while the line is still arriving, so
-//!   a client cannot park an endless line in hyper's buffer.
+//! - **The request line** as it arrives ([`request_line`](crate::request_line)): over
+//!   8 KiB is `414` (detected before the line ends, so a client cannot park an endless
+//!   line in hyper's buffer), and a well-formed `HTTP/d.d` other than 1.0 and 1.1 is
+//!   `505` (hyper would answer `400`). The few bytes of a version hyper would refuse
+//!   before the line ends are held back from it until the line does, so the answer does
+//!   not depend on how the client's segments split the line.
 //!
 //! Why not hyper's `header_read_timeout`: hyper 1.x starts that timer as soon as it
 //! starts waiting for a head, i.e. at the end of the previous response, so on a kept-alive
-//! connection it is also the idle timeout; PROTOCOL.md wants 10 s for the head and 60 s
+//! connection it is also the idle timeout; docs/protocol.md wants 10 s for the head and 60 s
 //! idle. One deadline here, re-armed only on phase changes (a `tokio::time::Sleep`
 //! reset, not a new timer per read), covers both.
 //!
@@ -26,9 +30,9 @@
 //! end of a request is always followed by one: hyper writes the response through it.
 //! A newly armed deadline is registered with the task at once.
 //!
-//! A deadline or an over-long line fails the read with an error, which ends hyper's
+//! A deadline or a refused request line fails the read with an error, which ends hyper's
 //! connection without a response; the connection task then reads [`GuardedIo::outcome`]
-//! and writes the `414` itself.
+//! and writes the `414` or `505` itself.
 
 use std::future::Future;
 use std::io;
@@ -41,11 +45,13 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use holdfast::http::parse::MAX_REQUEST_LINE;
+use holdfast::http::parse::HeadError;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
+
+use crate::request_line::{LineScan, Scan, MAX_HOLD};
 
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
@@ -223,6 +229,25 @@ impl Drop for ParkGuard {
     }
 }
 
+/// Request-line bytes read but held back from hyper.
+#[derive(Default)]
+struct Held {
+    bytes: [u8; MAX_HOLD],
+    len: usize,
+}
+
+impl Held {
+    fn set(&mut self, bytes: &[u8]) {
+        self.bytes[..bytes.len()].copy_from_slice(bytes);
+        self.len = bytes.len();
+    }
+
+    fn drop_front(&mut self, n: usize) {
+        self.bytes.copy_within(n..self.len, 0);
+        self.len -= n;
+    }
+}
+
 /// How the connection ended, as far as the socket wrapper knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -233,8 +258,8 @@ pub enum Outcome {
     Eof,
     /// A header or keep-alive deadline passed.
     TimedOut,
-    /// The request line grew past 8 KiB: answer `414`.
-    RequestLineTooLong,
+    /// The request line is refused (`414` or `505`): answer it.
+    Refused(HeadError),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -252,9 +277,12 @@ pub struct GuardedIo {
     /// `ConnShared::started` as of the last poll.
     seen_started: u32,
     deadline: Pin<Box<Sleep>>,
-    /// Bytes of the current request line seen so far without its `\n`; `None` once the
-    /// line is complete (or while not reading a head).
-    line: Option<usize>,
+    /// The current request line; `None` once the line is complete (or while not reading
+    /// a head).
+    line: Option<LineScan>,
+    /// The end of what was read of the request line, held back from hyper (see
+    /// `request_line`); already scanned.
+    held: Held,
     outcome: Outcome,
     /// The client's EOF was read and is being held back from hyper.
     eof_held: bool,
@@ -270,7 +298,8 @@ impl GuardedIo {
             seen_started: 0,
             // A new connection's head deadline counts from accept.
             deadline: Box::pin(tokio::time::sleep(timeouts.header)),
-            line: Some(0),
+            line: Some(LineScan::default()),
+            held: Held::default(),
             outcome: Outcome::Open,
             eof_held: false,
         }
@@ -311,30 +340,30 @@ impl GuardedIo {
         }
     }
 
-    /// Accounts for bytes just read.
-    fn on_bytes(&mut self, bytes: &[u8], cx: &mut Context<'_>) -> io::Result<()> {
+    /// Accounts for bytes just read; returns how many of the last of them hyper must not
+    /// see yet.
+    fn on_bytes(&mut self, bytes: &[u8], cx: &mut Context<'_>) -> io::Result<usize> {
         if self.phase == Phase::Idle {
             self.phase = Phase::Head;
-            self.line = Some(0);
+            self.line = Some(LineScan::default());
             self.arm(self.timeouts.header, cx);
         }
-        if let Some(seen) = self.line {
-            if bytes.contains(&b'\n') {
+        let Some(line) = self.line.as_mut() else {
+            return Ok(0);
+        };
+        match line.feed(bytes) {
+            Scan::Partial { hold } => Ok(hold),
+            Scan::Done(refused) => {
                 self.line = None;
-            } else {
-                let seen = seen + bytes.len();
-                // Holdfast's rule: more than 8 KiB (plus the CR) without a line end.
-                if seen > MAX_REQUEST_LINE + 1 {
-                    self.outcome = Outcome::RequestLineTooLong;
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "request line too long",
-                    ));
+                match refused {
+                    None => Ok(0),
+                    Some(e) => {
+                        self.outcome = Outcome::Refused(e);
+                        Err(io::Error::new(io::ErrorKind::InvalidData, e.reason()))
+                    }
                 }
-                self.line = Some(seen);
             }
         }
-        Ok(())
     }
 
     /// The client's EOF, handed to hyper only when [`ConnShared::eof_deliverable`]. hyper
@@ -390,10 +419,7 @@ impl AsyncRead for GuardedIo {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if matches!(
-            this.outcome,
-            Outcome::TimedOut | Outcome::RequestLineTooLong
-        ) {
+        if matches!(this.outcome, Outcome::TimedOut | Outcome::Refused(_)) {
             return Poll::Ready(Err(io::ErrorKind::NotConnected.into()));
         }
         this.sync_phase(cx);
@@ -401,22 +427,53 @@ impl AsyncRead for GuardedIo {
             return this.poll_held_eof(cx);
         }
         let before = buf.filled().len();
-        match Pin::new(&mut this.stream).poll_read(cx, buf) {
-            Poll::Ready(Ok(())) => {
-                let new = &buf.filled()[before..];
-                if new.is_empty() {
-                    this.conn.eof.store(true, SeqCst);
-                    this.eof_held = true;
-                    return this.poll_held_eof(cx);
-                }
-                // On an error the bytes just read are not handed to hyper: the
-                // connection ends either way.
-                Poll::Ready(this.on_bytes(new, cx))
+        loop {
+            // Held bytes go first, behind them what the socket has now.
+            let held = this.held.len;
+            if held > 0 && buf.remaining() <= held {
+                // No room behind them (hyper always leaves more): hand them over.
+                let n = held.min(buf.remaining());
+                buf.put_slice(&this.held.bytes[..n]);
+                this.held.drop_front(n);
+                return Poll::Ready(Ok(()));
             }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => {
-                this.check_deadline(cx)?;
-                Poll::Pending
+            buf.put_slice(&this.held.bytes[..held]);
+            match Pin::new(&mut this.stream).poll_read(cx, buf) {
+                Poll::Ready(Ok(())) => {
+                    this.held.len = 0;
+                    let new = &buf.filled()[before + held..];
+                    if new.is_empty() {
+                        if held > 0 {
+                            // The client closed mid-line: hyper gets the rest of the line
+                            // now and the EOF on its next read.
+                            return Poll::Ready(Ok(()));
+                        }
+                        this.conn.eof.store(true, SeqCst);
+                        this.eof_held = true;
+                        return this.poll_held_eof(cx);
+                    }
+                    // On an error the bytes just read are not handed to hyper: the
+                    // connection ends either way.
+                    let hold = match this.on_bytes(new, cx) {
+                        Ok(hold) => hold.min(MAX_HOLD).min(buf.filled().len() - before),
+                        Err(e) => return Poll::Ready(Err(e)),
+                    };
+                    let end = buf.filled().len();
+                    this.held.set(&buf.filled()[end - hold..]);
+                    buf.set_filled(end - hold);
+                    if buf.filled().len() > before {
+                        return Poll::Ready(Ok(()));
+                    }
+                    // Everything read is held: read on, so that the socket registers the
+                    // wake-up if it has nothing more.
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    // Still held.
+                    buf.set_filled(before);
+                    this.check_deadline(cx)?;
+                    return Poll::Pending;
+                }
             }
         }
     }
@@ -454,6 +511,12 @@ impl AsyncWrite for GuardedIo {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+        let this = self.get_mut();
+        if let Outcome::Refused(_) = this.outcome {
+            // hyper takes a read error before any byte of a request as the client gone
+            // and closes quietly: the FIN waits for the connection task's answer.
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.stream).poll_shutdown(cx)
     }
 }

@@ -1,5 +1,9 @@
-//! Wake-ups from publishers to subscribers: the tokio side of the store's `notify`
-//! callback.
+//! Wake-ups from publishers to subscribers: the peer's [`Notifier`], the store's one way
+//! of telling the server about messages and deleted channels.
+//!
+//! The store routes notes to subscriber [`Group`]s (holdfast has one per worker thread).
+//! The peer has exactly one, this hub: every long-poll and stream registers in the store
+//! under [`Hub::group`], and every note comes here.
 //!
 //! Owns, per channel name that has someone waiting on it (one `HashMap` behind a
 //! `Mutex`):
@@ -9,17 +13,17 @@
 //!   of truth for "the oldest message newer than my cursor" and for gap detection. A
 //!   parked poll therefore holds only its `Notified` futures (one small box per channel)
 //!   and no message queue — the lean choice for the case holdfast is built around.
-//! - the SSE streams on the channel: one unbounded `mpsc` sender per stream, fed in
-//!   publish order (the store calls us under its lock), with the rendered frame shared by
-//!   every stream (rendered once per message and `event:`-line variant). Streams get the
-//!   message itself rather than a wake-up, so a burst of publishes never outruns a
-//!   stream's task and turns into `event: lost`; what bounds a stream is its byte backlog
-//!   (`--sse-max-backlog`): the publisher counts bytes in, the body counts bytes out,
-//!   and a stream over the limit while its socket refuses writes is cut by aborting its
-//!   connection (the rule is in `guard_io::ConnShared::queue`).
+//! - the streams on the channel: one unbounded `mpsc` sender per stream, fed in publish
+//!   order (the store calls us under its lock), with the rendered frame shared by every
+//!   stream (rendered once per message, stream [`Framing`] and `named` flavour). Streams
+//!   get the message itself rather than a wake-up, so a burst of publishes never outruns
+//!   a stream's task and turns into a gap (`event: lost`); what bounds a stream is its
+//!   byte backlog (`--sse-max-backlog`): the publisher counts bytes in, the body counts
+//!   bytes out, and a stream over the limit while its socket refuses writes is cut by
+//!   aborting its connection (the rule is in `guard_io::ConnShared::queue`).
 //!
-//! Lock order: the store lock, then the hub lock (publish and delete notify while holding
-//! the store lock). Subscribers take the two one at a time, never nested.
+//! Lock order: the store lock, then the hub lock (the store calls [`Notifier::note`] while
+//! holding its lock). Subscribers take the two one at a time, never nested.
 //!
 //! No publish is missed between a subscriber's check and its wait: a long-poll creates
 //! and enables its `Notified` futures before it asks the store, and a stream is in the
@@ -34,19 +38,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Poll;
 
 use bytes::Bytes;
-use holdfast::pubsub::{ChannelKey, Message, Note};
+use holdfast::store::{ChannelKey, Group, Groups, Message, Note, Notifier};
+use holdfast::stream::{Event, Framing};
 use slab::Slab;
 use tokio::sync::futures::Notified;
 use tokio::sync::{mpsc, Notify};
 
 use crate::guard_io::ConnShared;
-
-/// The generation half of a store `ChannelKey` (slot in the low 32 bits, generation in
-/// the high 32). Generations grow with every channel the store creates, so a later
-/// incarnation of a name always has a higher one.
-fn generation(key: ChannelKey) -> u32 {
-    (key >> 32) as u32
-}
 
 /// What long-polls on one channel wait for.
 #[derive(Default)]
@@ -56,7 +54,7 @@ pub struct Signal {
     deleted_gen: AtomicU32,
 }
 
-/// What the hub sends an SSE stream.
+/// What the hub sends a stream.
 pub enum StreamItem {
     /// A published message, already framed for this stream.
     Message {
@@ -70,7 +68,8 @@ pub enum StreamItem {
 
 struct StreamTx {
     tx: mpsc::UnboundedSender<StreamItem>,
-    /// Subscribed to more than one channel: frames carry `event: CHANNEL`.
+    framing: Framing,
+    /// Subscribed to more than one channel: frames name the channel.
     named: bool,
     /// The stream's connection: its backlog, and (one stream per connection, as an
     /// event stream is close-delimited) its identity.
@@ -134,14 +133,22 @@ impl Inner {
 pub struct Hub {
     inner: Mutex<Inner>,
     max_backlog: usize,
+    group: Group,
 }
 
 impl Hub {
+    /// Built before the store, which takes it as its notifier.
     pub fn new(max_backlog: usize) -> Arc<Hub> {
         Arc::new(Hub {
             inner: Mutex::default(),
             max_backlog,
+            group: Group::new(0).unwrap_or_else(|| unreachable!("the store has group 0")),
         })
+    }
+
+    /// The store's subscriber group for everything the hub wakes: the peer's only one.
+    pub fn group(&self) -> Group {
+        self.group
     }
 
     /// `--sse-max-backlog`.
@@ -153,51 +160,6 @@ impl Hub {
         // A panic while holding the lock leaves a consistent map (every update is one
         // insert or remove), so keep serving rather than poisoning every request.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The store's notify callback: called with the store lock held, in id order.
-    pub fn on_note(&self, note: Note) {
-        let g = self.lock();
-        match note {
-            Note::Message {
-                msg, evicted_max, ..
-            } => {
-                let Some(e) = g.channels.get(&*msg.channel) else {
-                    return;
-                };
-                e.signal.notify.notify_waiters();
-                // Rendered on first use: without and with the `event:` line.
-                let mut frames: [Option<Bytes>; 2] = [None, None];
-                for (_, s) in e.streams.iter() {
-                    let frame = frames[usize::from(s.named)]
-                        .get_or_insert_with(|| render(&msg, s.named))
-                        .clone();
-                    let len = frame.len();
-                    let item = StreamItem::Message {
-                        id: msg.id,
-                        evicted_max,
-                        frame,
-                    };
-                    s.push(item, len);
-                }
-            }
-            Note::Deleted { key, channel } => {
-                let Some(e) = g.channels.get(&*channel) else {
-                    return;
-                };
-                e.signal
-                    .deleted_gen
-                    .fetch_max(generation(key), Ordering::AcqRel);
-                e.signal.notify.notify_waiters();
-                for (_, s) in e.streams.iter() {
-                    let item = StreamItem::Deleted {
-                        key,
-                        channel: channel.clone(),
-                    };
-                    s.push(item, 0);
-                }
-            }
-        }
     }
 
     /// The signals of `names` (in order), for a long-poll about to park.
@@ -216,10 +178,12 @@ impl Hub {
         }
     }
 
-    /// Registers an SSE stream on `names`; `None` once shutdown has begun.
+    /// Registers a stream on `names`, framed with `framing`; `None` once shutdown has
+    /// begun.
     pub fn add_stream(
         self: &Arc<Self>,
         names: &[&str],
+        framing: Framing,
         tx: mpsc::UnboundedSender<StreamItem>,
         conn: Arc<ConnShared>,
     ) -> Option<StreamReg> {
@@ -234,6 +198,7 @@ impl Hub {
                 let (name, e) = g.entry(n);
                 let slot = e.streams.insert(StreamTx {
                     tx: tx.clone(),
+                    framing,
                     named,
                     conn: conn.clone(),
                 });
@@ -258,9 +223,65 @@ impl Hub {
     }
 }
 
-fn render(msg: &Message, named: bool) -> Bytes {
+impl Notifier for Hub {
+    /// Called by the store with its lock held, in id order: wakes the channel's parked
+    /// long-polls and queues the message (framed) or the deletion for its streams.
+    fn note(&self, _: Groups, note: Note) {
+        let g = self.lock();
+        match note {
+            Note::Message {
+                msg, evicted_max, ..
+            } => {
+                let Some(e) = g.channels.get(&*msg.channel) else {
+                    return;
+                };
+                e.signal.notify.notify_waiters();
+                // Rendered on first use, once per framing and `named` flavour.
+                let mut frames: [[Option<Bytes>; 2]; Framing::COUNT] =
+                    std::array::from_fn(|_| [None, None]);
+                for (_, s) in e.streams.iter() {
+                    let frame = frames[s.framing.index()][usize::from(s.named)]
+                        .get_or_insert_with(|| render(s.framing, &msg, s.named))
+                        .clone();
+                    let len = frame.len();
+                    let item = StreamItem::Message {
+                        id: msg.id,
+                        evicted_max,
+                        frame,
+                    };
+                    s.push(item, len);
+                }
+            }
+            Note::Deleted { key, channel } => {
+                let Some(e) = g.channels.get(&*channel) else {
+                    return;
+                };
+                e.signal
+                    .deleted_gen
+                    .fetch_max(key.generation(), Ordering::AcqRel);
+                e.signal.notify.notify_waiters();
+                for (_, s) in e.streams.iter() {
+                    let item = StreamItem::Deleted {
+                        key,
+                        channel: channel.clone(),
+                    };
+                    s.push(item, 0);
+                }
+            }
+        }
+    }
+
+    /// Nothing left to do once the store's lock is released. tokio's wake-ups are the
+    /// `Waker::wake` calls inside `notify_waiters` and the `mpsc` sends in
+    /// [`note`](Notifier::note): they schedule the woken tasks on the runtime (at most
+    /// unparking an idle worker) and cannot be separated from the hand-off itself, which
+    /// must happen under the lock to keep id order.
+    fn wake(&self, _: Groups) {}
+}
+
+fn render(framing: Framing, msg: &Message, named: bool) -> Bytes {
     let mut v = Vec::with_capacity(msg.payload.len() + 64);
-    holdfast::sse::event(&mut v, msg, named);
+    framing.message(&mut v, &Event::from(msg), named);
     Bytes::from(v)
 }
 
@@ -292,7 +313,7 @@ impl Watch {
         self.signals
             .iter()
             .zip(keys)
-            .any(|((_, s), &k)| s.deleted_gen.load(Ordering::Acquire) >= generation(k))
+            .any(|((_, s), &k)| s.deleted_gen.load(Ordering::Acquire) >= k.generation())
     }
 }
 
@@ -324,7 +345,7 @@ impl Armed<'_> {
     }
 }
 
-/// An SSE stream's registration in the hub; removed on drop.
+/// A stream's registration in the hub; removed on drop.
 pub struct StreamReg {
     hub: Arc<Hub>,
     conn: Arc<ConnShared>,

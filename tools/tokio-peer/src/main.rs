@@ -1,20 +1,25 @@
-//! `holdfast-tokio`: the holdfast protocol (PROTOCOL.md) served by tokio + hyper, so that
-//! benchmarks can compare holdfast's hand-rolled event loop with "the tokio way".
+//! `holdfast-tokio`: the holdfast protocol (docs/protocol.md) served by tokio + hyper, so
+//! that benchmarks can compare holdfast's hand-rolled event loop with "the tokio way".
 //!
 //! Map: `main` (flags → runtime → signals) → [`server`] (listeners, accept loops, one task
 //! per connection running a hyper HTTP/1 connection) → [`service`] (routing, publish,
 //! admin endpoints) and [`subscribe`] (long-poll and SSE) on top of [`hub`] (publisher →
-//! subscriber wake-ups) and holdfast's I/O-free `pubsub::Store`; [`sse`] is the event-stream
-//! response body, [`guard_io`] the socket wrapper that enforces the timeouts hyper has no
-//! knob for, [`respond`] the response builders.
+//! subscriber wake-ups: the store's notifier) and holdfast's I/O-free `store::Store`;
+//! [`stream`] is a stream's response body, [`guard_io`] the socket wrapper that enforces
+//! the timeouts and request-line answers hyper has no knob for ([`request_line`]),
+//! [`respond`] the response builders.
+//!
+//! Everything shared with holdfast comes from its library, its I/O-free core; holdfast's
+//! mio server is in its binary crate, out of this crate's reach.
 #![deny(unsafe_code)]
 
 mod guard_io;
 mod hub;
+mod request_line;
 mod respond;
 mod server;
 mod service;
-mod sse;
+mod stream;
 mod subscribe;
 
 use std::io::Write;
@@ -62,7 +67,7 @@ async fn run(cfg: Config, threads: usize) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let server = match server::Server::bind(&cfg, threads).await {
+    let server = match server::Server::bind(&cfg).await {
         Ok(s) => s,
         Err(e) => {
             eprintln!("holdfast-tokio: {e}");

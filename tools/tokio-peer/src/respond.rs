@@ -1,27 +1,27 @@
 //! Response bodies and builders.
 //!
-//! Owns the one response body type ([`Body`]: a complete buffer, or an SSE stream) and
-//! the responses PROTOCOL.md fixes: deliveries, the 204 timeout, the text answers for
-//! errors, 503 on shutdown, and the event-stream head. hyper adds `Date` and
-//! `Content-Length` (from the exact size hint of a complete body); nothing here sets
-//! them by hand.
+//! Owns the one response body type ([`Body`]: a complete buffer, or a stream) and the
+//! responses docs/protocol.md fixes: deliveries, the 204 timeout, the text answers for
+//! errors, 503 on shutdown, and the head of a stream (its headers are its [`Framing`]'s).
+//! hyper adds `Date` and `Content-Length` (from the exact size hint of a complete body);
+//! nothing here sets them by hand.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use holdfast::pubsub::Message;
+use holdfast::store::Message;
+use holdfast::stream::Framing;
 use hyper::body::{Frame, SizeHint};
 use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::{Response, StatusCode, Version};
 
-use crate::sse::SseBody;
+use crate::stream::StreamBody;
 
 pub const MESSAGE_ID: HeaderName = HeaderName::from_static("message-id");
 pub const CHANNEL: HeaderName = HeaderName::from_static("channel");
 pub const MESSAGES_LOST: HeaderName = HeaderName::from_static("messages-lost");
-pub const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
 
 const TEXT: HeaderValue = HeaderValue::from_static("text/plain; charset=utf-8");
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
@@ -33,7 +33,7 @@ const CLOSE: HeaderValue = HeaderValue::from_static("close");
 pub enum Body {
     /// A complete body (`None` once sent, or when empty).
     Full(Option<Bytes>),
-    Stream(Box<SseBody>),
+    Stream(Box<StreamBody>),
 }
 
 impl Body {
@@ -68,7 +68,7 @@ impl hyper::body::Body for Body {
     fn size_hint(&self) -> SizeHint {
         match self {
             Body::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-            // Unknown length: close-delimited (see `event_stream`).
+            // Unknown length (see `stream`).
             Body::Stream(_) => SizeHint::default(),
         }
     }
@@ -163,21 +163,24 @@ pub fn no_message(cursor: u64) -> Response<Body> {
     r
 }
 
-/// The head of an event stream, close-delimited.
+/// The `200` opening a stream, with its framing's headers.
 ///
 /// hyper writes a body of unknown length as `Transfer-Encoding: chunked` on an HTTP/1.1
-/// response and as close-delimited only on an HTTP/1.0 one, so the response is marked
-/// HTTP/1.0: the status line reads `HTTP/1.0 200 OK` and the bytes after the head are
-/// the event stream itself, as PROTOCOL.md and holdfast have them.
-pub fn event_stream(body: SseBody) -> Response<Body> {
-    let mut r = with_body(
-        StatusCode::OK,
-        HeaderValue::from_static("text/event-stream"),
-        Body::Stream(Box::new(body)),
-    );
-    *r.version_mut() = Version::HTTP_10;
+/// response and as close-delimited only on an HTTP/1.0 one, so a close-delimited stream
+/// (SSE) is marked HTTP/1.0: the status line reads `HTTP/1.0 200 OK` and the bytes after
+/// the head are the stream itself, as docs/protocol.md and holdfast have them.
+pub fn stream(framing: Framing, body: StreamBody) -> Response<Body> {
+    let mut r = Response::new(Body::Stream(Box::new(body)));
     let h = r.headers_mut();
-    h.insert(header::CACHE_CONTROL, NO_STORE);
-    h.insert(X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
-    closing(r)
+    for &(name, value) in framing.headers() {
+        // Static, valid names and values (holdfast writes them verbatim).
+        if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
+            h.insert(name, HeaderValue::from_static(value));
+        }
+    }
+    if framing.close_delimited() {
+        *r.version_mut() = Version::HTTP_10;
+        r = closing(r);
+    }
+    r
 }

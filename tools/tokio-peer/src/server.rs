@@ -27,8 +27,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use holdfast::config::Config;
 use holdfast::http::parse::{MAX_HEADERS_BYTES, MAX_REQUEST_LINE};
 use holdfast::http::respond;
-use holdfast::pubsub::{Store, StoreConfig};
 use holdfast::stats::{dec, inc, Snapshot, Stats};
+use holdfast::store::Store;
+use holdfast::subscribe::Holds;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
@@ -41,7 +42,7 @@ use crate::service;
 
 /// How long a connection the server closes keeps draining input after its FIN.
 const LINGER: Duration = Duration::from_secs(2);
-/// How long shutdown waits for connections to finish (PROTOCOL: exit within 2 s).
+/// How long shutdown waits for connections to finish (docs/protocol.md: exit within 2 s).
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(1500);
 /// Pause after `accept` fails for lack of descriptors and the spare descriptor could not
 /// take a client off the queue (the backlog holds the clients).
@@ -50,14 +51,15 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Limits from the flags, in the units the handlers use.
 pub struct Limits {
     pub max_message_size: usize,
-    pub poll_timeout: Duration,
-    pub max_poll_timeout: Duration,
+    /// Long-poll hold times.
+    pub holds: Holds,
     pub header_timeout: Duration,
     pub sse_heartbeat: Duration,
 }
 
 /// Everything the connection tasks share.
 pub struct App {
+    /// Tells `hub` about every message and deletion (the hub is its notifier).
     pub store: Store,
     pub stats: Stats,
     pub hub: Arc<Hub>,
@@ -109,11 +111,9 @@ pub struct Server {
 
 impl Server {
     /// Binds both listeners and starts accepting.
-    pub async fn bind(cfg: &Config, threads: usize) -> io::Result<Server> {
+    pub async fn bind(cfg: &Config) -> io::Result<Server> {
         let nofile = holdfast::sys::raise_fd_limit().unwrap_or(1024);
-        let max_connections = cfg
-            .max_connections
-            .unwrap_or_else(|| holdfast::server::default_max_connections(nofile, threads));
+        let max_connections = cfg.max_connections_for(nofile);
         let public_l = listen(cfg.listen).map_err(|e| {
             io::Error::new(e.kind(), format!("cannot listen on {}: {e}", cfg.listen))
         })?;
@@ -126,19 +126,15 @@ impl Server {
         let public = public_l.local_addr()?;
         let admin = admin_l.local_addr()?;
 
+        // The hub first: the store tells it about messages.
+        let hub = Hub::new(cfg.sse_max_backlog as usize);
         let app = Arc::new(App {
-            store: Store::new(StoreConfig {
-                buffer_messages: cfg.buffer_messages,
-                message_ttl_ms: cfg.message_ttl.as_millis() as u64,
-                max_bytes: usize::try_from(cfg.max_memory).unwrap_or(usize::MAX),
-                max_channels: cfg.max_channels,
-            }),
+            store: Store::new(cfg.store_config(), hub.clone()),
             stats: Stats::default(),
-            hub: Hub::new(cfg.sse_max_backlog as usize),
+            hub,
             limits: Limits {
                 max_message_size: cfg.max_message_size as usize,
-                poll_timeout: cfg.poll_timeout,
-                max_poll_timeout: cfg.max_poll_timeout,
+                holds: cfg.holds(),
                 header_timeout: cfg.header_timeout,
                 sse_heartbeat: cfg.sse_heartbeat,
             },
@@ -154,7 +150,7 @@ impl Server {
         let mut http = http1::Builder::new();
         http
             // hyper's own limit on a head it cannot parse: larger than any head
-            // PROTOCOL.md allows, so the exact 414/431 answers come from `service`.
+            // docs/protocol.md allows, so the exact 414/431 answers come from `service`.
             .max_buf_size(MAX_REQUEST_LINE + MAX_HEADERS_BYTES + 1024)
             // The slow-loris and idle limits live in `GuardedIo` (see its docs for why
             // hyper's header_read_timeout cannot express both).
@@ -385,16 +381,11 @@ impl Connection {
         match io.outcome() {
             // The client closed, or sat idle past a deadline: nothing more to say.
             Outcome::Eof | Outcome::TimedOut => {}
-            Outcome::RequestLineTooLong => {
+            // A request line hyper would answer otherwise (see `request_line`).
+            Outcome::Refused(e) => {
                 let mut out = Vec::with_capacity(192);
-                respond::text(
-                    &mut out,
-                    414,
-                    &http_date_now(),
-                    true,
-                    &[],
-                    "request line too long\n",
-                );
+                let why = format!("{}\n", e.reason());
+                respond::text(&mut out, e.status(), &http_date_now(), true, &[], &why);
                 let stream = io.stream_mut();
                 if stream.write_all(&out).await.is_ok() {
                     self.linger(io).await;

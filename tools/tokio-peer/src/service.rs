@@ -1,13 +1,13 @@
 //! The hyper service: request checks, body, routing, and the admin endpoints.
 //!
-//! Owns what happens to one request once hyper has parsed its head: the PROTOCOL.md
+//! Owns what happens to one request once hyper has parsed its head: the docs/protocol.md
 //! limits hyper does not apply itself (request line over 8 KiB → `414`, headers over
 //! 16 KiB or more than 64 of them → `431`, an origin-form target, not both
 //! `Content-Length` and `Transfer-Encoding`), reading the body
 //! (bounded by `--max-message-size` → `413`; chunked and `Expect: 100-continue` are
 //! hyper's), routing by listener, path and method (`404`, `405` + `Allow`), and the
 //! handlers for publish, channel info, delete, `/stats`, `/metrics` and `/health`.
-//! Subscribe lives in [`subscribe`](crate::subscribe).
+//! Subscribe lives in [`subscribe`].
 //!
 //! Like holdfast, the body is read before routing, so a request's body never lingers in
 //! the connection to be mistaken for the next request. A request that asked to close
@@ -20,9 +20,9 @@ use std::io::Write as _;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use holdfast::http::parse::{MAX_HEADERS, MAX_HEADERS_BYTES, MAX_REQUEST_LINE};
+use holdfast::http::parse::{has_token, MAX_HEADERS, MAX_HEADERS_BYTES, MAX_REQUEST_LINE};
 use holdfast::http::respond::json_str;
-use holdfast::pubsub::valid_channel_name;
+use holdfast::store::{valid_channel_name, PublishError};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::{Body as _, Incoming};
 use hyper::header::{self, HeaderMap};
@@ -85,15 +85,7 @@ fn wants_close(parts: &Parts) -> bool {
             .any(|v| has_token(v.as_bytes(), b"close"))
 }
 
-/// Does a comma-separated header value contain `token` (parameters ignored)?
-pub fn has_token(value: &[u8], token: &[u8]) -> bool {
-    value.split(|&b| b == b',').any(|t| {
-        let t = t.split(|&b| b == b';').next().unwrap_or(t);
-        t.trim_ascii().eq_ignore_ascii_case(token)
-    })
-}
-
-/// The head limits of PROTOCOL.md that hyper leaves to us.
+/// The head limits of docs/protocol.md that hyper leaves to us.
 fn check_head(parts: &Parts) -> Option<Response<Body>> {
     let uri = &parts.uri;
     if uri.authority().is_some() || !uri.path().starts_with('/') {
@@ -232,17 +224,11 @@ fn publish(app: &App, parts: &Parts, ch: &str, payload: Bytes) -> Response<Body>
         .map(|v| v.as_bytes())
         .filter(|v| !v.is_empty())
         .map(Bytes::copy_from_slice);
-    let info = app
-        .store
-        .publish(ch, content_type, payload, app.now_ms(), |_, note| {
-            app.hub.on_note(note)
-        });
-    let info = match info {
+    // The store hands the message to the hub (its notifier) under its lock.
+    let info = match app.store.publish(ch, content_type, payload, app.now_ms()) {
         Ok(info) => info,
-        Err(holdfast::pubsub::PublishError::TooManyChannels) => {
-            return respond::too_many_channels()
-        }
-        Err(holdfast::pubsub::PublishError::Closed) => return respond::shutting_down(),
+        Err(PublishError::TooManyChannels) => return respond::too_many_channels(),
+        Err(PublishError::Closed) => return respond::shutting_down(),
     };
     let mut json = Vec::with_capacity(128);
     let _ = write!(json, "{{\"id\":\"{}\",\"channel\":", info.id);
@@ -271,7 +257,7 @@ fn channel_info(app: &App, ch: &str) -> Response<Body> {
 }
 
 fn delete(app: &App, ch: &str) -> Response<Body> {
-    if app.store.delete(ch, |_, note| app.hub.on_note(note)) {
+    if app.store.delete(ch) {
         respond::no_content()
     } else {
         respond::text(StatusCode::NOT_FOUND, "no such channel\n")
@@ -281,29 +267,6 @@ fn delete(app: &App, ch: &str) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn header_tokens() {
-        let table: &[(&str, &str, bool)] = &[
-            ("close", "close", true),
-            ("Keep-Alive, CLOSE", "close", true),
-            ("keep-alive", "close", false),
-            ("closed", "close", false),
-            (
-                "text/html, text/event-stream;q=0.9",
-                "text/event-stream",
-                true,
-            ),
-            ("text/event-stream-ish", "text/event-stream", false),
-        ];
-        for (value, token, want) in table {
-            assert_eq!(
-                has_token(value.as_bytes(), token.as_bytes()),
-                *want,
-                "{value:?} has {token:?}"
-            );
-        }
-    }
 
     fn head(target: &str, headers: &[(&str, &str)]) -> Parts {
         let mut b = Request::builder().uri(target);

@@ -1,16 +1,17 @@
 //! Smoke test of the `holdfast-tokio` binary over real sockets: it starts, prints both
 //! listening lines, releases a parked poll with a publish, answers a timed-out poll with
 //! `204` + `Message-Id`, and streams an SSE event. The repository's end-to-end suite
-//! (`HOLDFAST_BIN=… cargo test -p holdfast`) covers the rest of PROTOCOL.md.
+//! (`HOLDFAST_BIN=… cargo test -p holdfast`) covers the rest of `docs/protocol.md`.
 //!
 //! Every read has a timeout and every loop a bound, so a broken server fails the test
 //! instead of hanging it.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+use holdfast_stress::startup;
 
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -44,33 +45,15 @@ fn start() -> Server {
         .spawn()
         .expect("run holdfast-tokio");
     let stdout = child.stdout.take().expect("stdout is piped");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().take(10) {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
+    let listening = startup::read_listening(stdout, IO_TIMEOUT).unwrap_or_else(|e| {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("holdfast-tokio: {e}")
     });
-    let deadline = Instant::now() + IO_TIMEOUT;
-    let (mut public, mut admin) = (None, None);
-    while public.is_none() || admin.is_none() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = rx
-            .recv_timeout(left)
-            .expect("both `listening` lines within 10 s");
-        let addr = |key: &str| {
-            line.strip_prefix(key)
-                .and_then(|a| a.trim().parse::<SocketAddr>().ok())
-        };
-        public = public.or_else(|| addr("listening public="));
-        admin = admin.or_else(|| addr("listening admin="));
-    }
     Server {
         child,
-        public: public.expect("public address"),
-        admin: admin.expect("admin address"),
+        public: listening.public,
+        admin: listening.admin,
     }
 }
 

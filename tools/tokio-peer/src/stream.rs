@@ -1,15 +1,16 @@
-//! The `text/event-stream` response body.
+//! A stream's response body (an SSE event stream today).
 //!
-//! Owns one open SSE stream: the first frame (`retry:` preamble plus every buffered
+//! Owns one open stream: the first frame (the framing's preamble plus every buffered
 //! message newer than the cursor, rendered when the stream opened), then what the
 //! [`hub`](crate::hub) queues for it, then heartbeats. hyper polls the body only when it
 //! has room to write, so the queue is where a slow reader's backlog builds up; the hub
 //! counts bytes in and this body counts bytes out (the cut-off rule is in
 //! `guard_io::ConnShared::queue`).
 //!
-//! Framing is holdfast's own (`holdfast::sse`): `id:`, `event:` for multi-channel
-//! streams, one `data:` per line, base64 `event: binary` for non-UTF-8 payloads,
-//! `event: lost` before the first message after a gap, `event: deleted` then end.
+//! Every byte of the stream comes from holdfast's [`Framing`] (for SSE: `id:`, `event:`
+//! for multi-channel streams, one `data:` per line, base64 `event: binary` for
+//! non-UTF-8 payloads, `event: lost` before the first message after a gap,
+//! `event: deleted` then end); this body only decides when to send what.
 //!
 //! The body holds the stream's [`StreamGuard`]: when hyper drops the body (the client
 //! left, the stream ended, the connection was cut) the stream leaves the hub and the store
@@ -22,8 +23,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use holdfast::pubsub::ChannelKey;
 use holdfast::stats::{dec, inc};
+use holdfast::store::ChannelKey;
+use holdfast::stream::Framing;
 use hyper::body::Frame;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
@@ -31,7 +33,6 @@ use tokio::time::{Instant, Interval, MissedTickBehavior};
 use crate::guard_io::{ConnShared, InFlight, ParkGuard};
 use crate::hub::{StreamItem, StreamReg};
 use crate::server::App;
-use crate::subscribe::WORKER;
 
 /// Everything an open stream holds on to; released on drop.
 pub struct StreamGuard {
@@ -47,17 +48,22 @@ pub struct StreamGuard {
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
+        // `false`: see `subscribe::Parked`.
+        let group = self.app.hub.group();
         for &key in &self.keys {
-            self.app.store.unsubscribe(key, WORKER, 1, false);
+            self.app.store.unsubscribe(key, group, 1, false);
         }
         dec(&self.app.stats.sse_streams);
     }
 }
 
-pub struct SseBody {
+/// The body of a stream response; see the module docs.
+pub struct StreamBody {
+    /// The stream's wire format: every byte below is rendered by it.
+    framing: Framing,
     /// Sent before anything else.
     first: Option<Bytes>,
-    /// A frame held back behind the `event: lost` frame that precedes it.
+    /// A message's frame, held back behind the gap frame (`lost`) that precedes it.
     pending: Option<Bytes>,
     rx: mpsc::UnboundedReceiver<StreamItem>,
     /// The connection: the stream's backlog accounting.
@@ -71,26 +77,36 @@ pub struct SseBody {
     guard: StreamGuard,
 }
 
-impl SseBody {
+/// Where a stream starts.
+pub struct Start {
+    /// The preamble and every buffered message newer than the request's cursor.
+    pub first: Bytes,
+    /// Id of the last message in `first`, or the store's cursor if there is none.
+    pub cursor: u64,
+    /// A gap seen when the stream opened, announced before the next message.
+    pub lost: bool,
+}
+
+impl StreamBody {
     pub fn new(
-        first: Bytes,
+        framing: Framing,
+        start: Start,
         rx: mpsc::UnboundedReceiver<StreamItem>,
         conn: Arc<ConnShared>,
         heartbeat: Duration,
-        cursor: u64,
-        lost: bool,
         guard: StreamGuard,
-    ) -> SseBody {
+    ) -> StreamBody {
         let mut heartbeat = tokio::time::interval_at(Instant::now() + heartbeat, heartbeat);
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        SseBody {
-            first: Some(first),
+        StreamBody {
+            framing,
+            first: Some(start.first),
             pending: None,
             rx,
             conn,
             heartbeat,
-            cursor,
-            lost,
+            cursor: start.cursor,
+            lost: start.lost,
             done: false,
             guard,
         }
@@ -101,7 +117,7 @@ impl SseBody {
     }
 }
 
-impl hyper::body::Body for SseBody {
+impl hyper::body::Body for StreamBody {
     type Data = Bytes;
     type Error = io::Error;
 
@@ -119,7 +135,7 @@ impl hyper::body::Body for SseBody {
         if this.conn.is_cut() {
             this.done = true;
             return Poll::Ready(Some(Err(io::Error::other(
-                "event stream fell more than --sse-max-backlog behind",
+                "stream fell more than --sse-max-backlog behind",
             ))));
         }
         loop {
@@ -139,7 +155,7 @@ impl hyper::body::Body for SseBody {
                     inc(&this.guard.app.stats.delivered);
                     if lost {
                         let mut gap = Vec::with_capacity(32);
-                        holdfast::sse::lost(&mut gap, id);
+                        this.framing.lost(&mut gap, id);
                         this.pending = Some(frame);
                         return Self::data(gap.into());
                     }
@@ -150,20 +166,25 @@ impl hyper::body::Body for SseBody {
                         continue; // an older incarnation, deleted before we registered
                     }
                     let mut last = Vec::with_capacity(32 + channel.len());
-                    holdfast::sse::deleted(&mut last, &channel);
+                    this.framing.deleted(&mut last, &channel);
                     this.done = true;
                     return Self::data(last.into());
                 }
                 // The hub dropped our sender: the server is shutting down.
                 Poll::Ready(None) => {
                     this.done = true;
-                    return Poll::Ready(None);
+                    let mut last = Vec::new();
+                    this.framing.shutdown(&mut last);
+                    if last.is_empty() {
+                        return Poll::Ready(None);
+                    }
+                    return Self::data(last.into());
                 }
                 Poll::Pending => break,
             }
         }
         if this.heartbeat.poll_tick(cx).is_ready() {
-            return Self::data(Bytes::from_static(holdfast::sse::HEARTBEAT));
+            return Self::data(Bytes::from_static(this.framing.heartbeat()));
         }
         Poll::Pending
     }
