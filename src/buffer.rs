@@ -142,7 +142,7 @@ impl Io {
         if self.rpos > 0 {
             self.rbuf.copy_within(self.rpos..self.rend, 0);
             self.rend -= self.rpos;
-            self.framer.shifted(self.rpos);
+            // The framer's scan position counts from `rpos`: it does not move.
             self.rpos = 0;
         }
     }

@@ -840,3 +840,51 @@ fn sigterm_ends_streams_after_flushing_and_exits_zero() {
     assert!(status.success(), "exit {status:?}; output:\n{}", s.output());
     assert!(t.elapsed() <= budget, "took {:?}", t.elapsed());
 }
+
+/// Regression: a stream's head and replay were written while the connection's buffers
+/// were out of their slot, so what the socket did not take at once was queued in a
+/// second buffer that was then dropped — the client got a cut-off first event and then
+/// live events after it (holdfast before 2026-12-02). A replay far larger than the
+/// socket buffers must arrive whole, in order, followed by a live event.
+#[test]
+fn a_replay_larger_than_the_socket_buffers_arrives_whole() {
+    const N: usize = 8;
+    const SIZE: usize = 1 << 20;
+    let s = Server::start(&[
+        "--max-message-size",
+        "1MiB",
+        "--buffer-messages",
+        "16",
+        "--sse-max-backlog",
+        "64MiB",
+    ]);
+    let payload = |i: usize| {
+        let mut p = format!("message {i:02} ").into_bytes();
+        p.resize(SIZE, b'a' + i as u8);
+        p
+    };
+    let ids: Vec<String> = (0..N).map(|i| pub_id(&s, "big", payload(i))).collect();
+    let mut c = Sse::begin(
+        Conn::from_stream(connect_small_rcvbuf(s.public, 4096)),
+        "/sub/big?since=0",
+        &[],
+    );
+    // Let the server write what the socket takes and queue the rest before reading.
+    std::thread::sleep(Duration::from_millis(300));
+    c.expect_stream_start(10 * SEC);
+    for (i, id) in ids.iter().enumerate() {
+        let ev = c.event_within(30 * SEC);
+        assert_eq!(ev.id(), Some(id.as_str()), "replayed message {i}");
+        assert!(
+            ev.data().as_bytes() == payload(i),
+            "replayed message {i}: payload differs ({} bytes)",
+            ev.data().len()
+        );
+    }
+    let live = pub_id(&s, "big", b"live");
+    let ev = c.event_within(10 * SEC);
+    assert_eq!(
+        (ev.id(), ev.data()),
+        (Some(live.as_str()), "live".to_string())
+    );
+}

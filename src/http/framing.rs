@@ -92,12 +92,6 @@ impl Framer {
         self.body.is_some()
     }
 
-    /// Moves the scan position after the caller dropped `n` handled bytes from the
-    /// front of its input without a reset (compaction).
-    pub fn shifted(&mut self, n: usize) {
-        self.scanned = self.scanned.saturating_sub(n);
-    }
-
     /// Frames the request at the front of `input` (the connection's unhandled bytes);
     /// bodies over `max_body` are refused with `413`.
     pub fn next<'a>(&'a mut self, input: &'a [u8], max_body: usize) -> Framed<'a> {

@@ -141,13 +141,23 @@ fn trim(v: &[u8]) -> &[u8] {
     &v[start..end]
 }
 
-/// Whether the request line ends in a well-formed `HTTP/d.d`.
+/// Whether the request line is `METHOD SP TARGET SP HTTP/d.d`: well-formed but for the
+/// version's value. Method and target must be visible ASCII, with single spaces between
+/// the three parts, as httparse reads them.
 fn names_an_http_version(buf: &[u8]) -> bool {
     let line = buf.split(|&b| b == b'\n').next().unwrap_or(buf);
     let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let version = line.rsplit(|&b| b == b' ').next().unwrap_or(line);
-    matches!(version, [b'H', b'T', b'T', b'P', b'/', a, b'.', b]
-        if a.is_ascii_digit() && b.is_ascii_digit())
+    let mut parts = line.split(|&b| b == b' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    let visible = |p: &[u8]| !p.is_empty() && p.iter().all(u8::is_ascii_graphic);
+    visible(method)
+        && visible(target)
+        && matches!(version, [b'H', b'T', b'T', b'P', b'/', a, b'.', b]
+            if a.is_ascii_digit() && b.is_ascii_digit())
 }
 
 /// Does a comma-separated header value list contain `token` (case-insensitive)? Used
@@ -402,6 +412,23 @@ mod tests {
             ),
             (
                 b"GET / HTTP/12.0\r\n\r\n",
+                Err(HeadError::Bad("malformed request")),
+            ),
+            // The version slot is the third part, not whatever ends the line.
+            (
+                b"GET / x HTTP/2.0\r\n\r\n",
+                Err(HeadError::Bad("malformed request")),
+            ),
+            (
+                b"GET /a b HTTP/2.0\r\n\r\n",
+                Err(HeadError::Bad("malformed request")),
+            ),
+            (
+                b"GET  / HTTP/2.0\r\n\r\n",
+                Err(HeadError::Bad("malformed request")),
+            ),
+            (
+                "GET /\u{e9} HTTP/2.0\r\n\r\n".as_bytes(),
                 Err(HeadError::Bad("malformed request")),
             ),
             (

@@ -91,6 +91,12 @@ pub fn text(
     );
 }
 
+/// A `503` with `Retry-After: 1` and `body`, closing the connection: the answer of a
+/// server that cannot take this client now (connection limit, shutdown).
+pub fn unavailable(out: &mut Vec<u8>, date: &[u8], body: &str) {
+    text(out, 503, date, true, &[("Retry-After", b"1")], body);
+}
+
 /// Everything of a `200` message delivery up to (not including) the per-subscriber tail;
 /// the payload follows the tail. `content_type` `None` is `application/octet-stream`.
 pub fn message_head(out: &mut Vec<u8>, ev: &Event<'_>, content_type: Option<&[u8]>, date: &[u8]) {

@@ -144,14 +144,7 @@ impl Worker {
     fn refuse(&mut self, mut s: TcpStream) {
         inc(&self.shared.stats.rejected);
         self.out.clear();
-        respond::text(
-            &mut self.out,
-            503,
-            &self.date,
-            true,
-            &[("Retry-After", b"1")],
-            "connection limit reached\n",
-        );
+        respond::unavailable(&mut self.out, &self.date, "connection limit reached\n");
         let _ = s.write(&self.out);
         let _ = s.shutdown(Shutdown::Write);
         // Drop what the client already sent so the close is a FIN, not a reset (bounded:

@@ -2,7 +2,24 @@
 //! parked poll's cycle allocates nothing (`worker::tests`). Compiled into test builds
 //! only; production uses the system allocator directly. The one `unsafe` outside
 //! `holdfast::sys`: a `GlobalAlloc` cannot be written without it.
+//!
+//! Only threads that opted in ([`count_this_thread`]: the server's workers, in test
+//! builds) are counted, so other tests of the same binary running beside the check
+//! cannot make it fail, and the check needs no retries.
 #![allow(unsafe_code)]
+
+use std::cell::Cell;
+
+thread_local! {
+    /// Whether this thread's allocations are counted. Const-initialised without a
+    /// destructor, so reading it never allocates.
+    static COUNTED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Counts this thread's allocations from now on (while the allocator is armed).
+pub fn count_this_thread() {
+    COUNTED.with(|c| c.set(true));
+}
 
 /// A global allocator that counts allocations while armed, for tests that prove a code
 /// path allocates nothing (`#[global_allocator] static A: CountingAlloc = CountingAlloc::new();`).
@@ -33,7 +50,9 @@ impl CountingAlloc {
     }
 
     fn note(&self) {
-        if self.armed.load(std::sync::atomic::Ordering::Relaxed) {
+        if self.armed.load(std::sync::atomic::Ordering::Relaxed)
+            && COUNTED.try_with(Cell::get).unwrap_or(false)
+        {
             self.count
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }

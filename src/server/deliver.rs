@@ -25,6 +25,7 @@ use holdfast::store::{ChannelKey, Message};
 use holdfast::stream::{Event, Framing};
 
 use super::conn::{Input, Slots};
+use super::routes::StreamStart;
 use super::worker::Worker;
 
 /// How a parked long-poll is answered.
@@ -60,6 +61,21 @@ impl Worker {
         self.parking
             .park(&mut Slots(&mut self.conns), key as u32, &keys[..n]);
         self.conns[key].wait_from(cursor);
+    }
+
+    /// Starts the stream `key` whose head and replay `routes.rs` rendered into `out`:
+    /// writes them (queued behind any earlier response still unsent) and links the
+    /// connection on its channels.
+    pub(super) fn start_stream(&mut self, key: usize, start: StreamStart) {
+        self.send_out(key, None);
+        self.link_waiter(key, start.channels, start.cursor);
+        let input = Input::Streaming {
+            framing: start.framing,
+            named: start.channels > 1,
+            lost: start.lost,
+        };
+        self.step(key, input);
+        inc(&self.shared.stats.sse_streams);
     }
 
     /// Takes `key` off every park list and out of the store's subscriber counts.

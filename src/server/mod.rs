@@ -134,7 +134,12 @@ pub fn start(cfg: &Config) -> io::Result<Handle> {
         let worker = Worker::new(id, shared.clone(), poll, p, a)?;
         let t = std::thread::Builder::new()
             .name(format!("holdfast-w{id}"))
-            .spawn(move || worker.run())?;
+            .spawn(move || {
+                // Test builds count the workers' allocations (`alloc_count.rs`).
+                #[cfg(test)]
+                alloc_count::count_this_thread();
+                worker.run()
+            })?;
         handles.push(t);
     }
     Ok(Handle {

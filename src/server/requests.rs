@@ -114,9 +114,13 @@ impl Worker {
                 self.send_out(key, payload.as_ref());
                 self.request_done(key, close || !keep_alive);
             }
-            // Parked or streaming: the state machine already knows whether the client
-            // asked to close after the answer.
+            // The state machine already knows whether the client asked to close after
+            // the answer.
             Outcome::Parked => self.release_io(key),
+            Outcome::Stream(start) => {
+                self.start_stream(key, start);
+                self.release_io(key);
+            }
         }
         true
     }

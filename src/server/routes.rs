@@ -23,8 +23,23 @@ use super::worker::Worker;
 pub enum Outcome {
     /// A response is rendered in `Worker::out` (plus an optional shared payload).
     Respond { payload: Option<Bytes>, close: bool },
-    /// The request parked or became a stream; nothing more to write now.
+    /// The request parked; nothing to write now.
     Parked,
+    /// The request becomes a stream: its head and replay are rendered in `Worker::out`,
+    /// the store registered it on `channels` channels (keys in `Worker::keys`).
+    /// `requests.rs` writes and links it once the connection's buffers are back in
+    /// their slot, so the bytes queue behind any earlier response still unsent.
+    Stream(StreamStart),
+}
+
+/// A stream about to start (see [`Outcome::Stream`]).
+pub struct StreamStart {
+    pub framing: Framing,
+    pub channels: usize,
+    /// The newest id already written (replayed) or skipped.
+    pub cursor: u64,
+    /// A gap is known: announce it before the next message.
+    pub lost: bool,
 }
 
 impl Worker {
@@ -119,14 +134,7 @@ impl Worker {
     /// Renders the `503` + `Retry-After: 1` (then close) of a server shutting down.
     pub(super) fn render_shutting_down(&mut self) {
         self.out.clear();
-        respond::text(
-            &mut self.out,
-            503,
-            &self.date,
-            true,
-            &[("Retry-After", b"1")],
-            "server shutting down\n",
-        );
+        respond::unavailable(&mut self.out, &self.date, "server shutting down\n");
     }
 
     fn shutting_down_response(&mut self) -> Outcome {
@@ -215,7 +223,7 @@ impl Worker {
         // now: no stream, no parking.
         let may_wait = self.shutting_down.is_none() && !self.conns[key].input_ended();
         if let Some(framing) = Framing::for_request(req.wants_sse).filter(|_| may_wait) {
-            return self.open_stream(key, req, framing, names, sub.cursor);
+            return self.open_stream(req, framing, names, sub.cursor);
         }
         let hold_ms = sub.timeout.as_millis() as u64;
         let park = hold_ms > 0 && may_wait;
@@ -274,11 +282,11 @@ impl Worker {
         }
     }
 
-    /// Turns the request into a stream: head, every buffered message newer than the
-    /// cursor, then the connection is linked like a parked poll and stays open.
+    /// Turns the request into a stream: renders the head and every buffered message
+    /// newer than the cursor, and has the store register it; `Worker::start_stream`
+    /// writes that and links the connection like a parked poll.
     fn open_stream(
         &mut self,
-        key: usize,
         req: &Request<'_>,
         framing: Framing,
         names: &[&str],
@@ -309,17 +317,11 @@ impl Worker {
                 Ok(Subscribed::Waiting { cursor, lost }) => break (cursor, lost),
             }
         };
-        self.send_out(key, None);
-        self.link_waiter(key, names.len(), last);
-        self.step(
-            key,
-            Input::Streaming {
-                framing,
-                named,
-                lost,
-            },
-        );
-        inc(&self.shared.stats.sse_streams);
-        Outcome::Parked
+        Outcome::Stream(StreamStart {
+            framing,
+            channels: names.len(),
+            cursor: last,
+            lost,
+        })
     }
 }
