@@ -25,6 +25,8 @@
 //!   visible before a lower one on another channel, and a looping client would skip it.
 //!   Cost: publish and subscribe each take the lock once for O(channels in the request);
 //!   fan-out to parked subscribers happens in the workers, outside the lock.
+//! - A cursor older than the store's first id comes from an earlier run of the process:
+//!   what that run lost cannot be known, so its next delivery carries the gap signal.
 //! - A channel with no buffered messages and no subscribers is freed at once. If it had
 //!   evicted (or, deleted, dropped) messages, a tombstone keeps the newest such id, and
 //!   the channel re-created under that name starts from it, so a client that comes back
@@ -409,6 +411,10 @@ struct Inner {
     expiry: BinaryHeap<Reverse<(u64, ChannelKey)>>,
     next_gen: u32,
     last_id: u64,
+    /// The id this store started above: every id at or below it was assigned before the
+    /// store existed (an earlier run of the process), so a cursor below it cannot be
+    /// vouched for.
+    first_above: u64,
     published: u64,
     buffered: usize,
     bytes: usize,
@@ -539,6 +545,7 @@ impl Store {
                 expiry: BinaryHeap::new(),
                 next_gen: 0,
                 last_id: seed,
+                first_above: seed,
                 published: 0,
                 buffered: 0,
                 bytes: 0,
@@ -693,12 +700,16 @@ impl Store {
         let mut g = self.lock();
         let inner = &mut *g;
         Self::sweep_locked(inner, now);
+        // A cursor from before this store existed (a client that comes back after a
+        // restart): whatever that run buffered and the client never got is gone, and
+        // nothing here remembers it, so say so. A false alarm when nothing was missed is
+        // allowed; a silent gap is not. `0` asks for everything buffered and is never told.
+        let mut lost = matches!(cursor, Cursor::Since(c) if c != 0 && c < inner.first_above);
         let cursor = match cursor {
             Cursor::Since(c) => c,
             Cursor::Latest => inner.last_id,
         };
         let mut best: Option<&Arc<Message>> = None;
-        let mut lost = false;
         for name in names {
             let Some(&slot) = inner.by_name.get(*name) else {
                 // Freed (or never created): nothing buffered, but it may have lost
@@ -1168,6 +1179,36 @@ mod tests {
         s.unsubscribe(keys[0], G0, 1, true);
         assert_eq!(s.info("a", 0).unwrap().subscribers, 1);
         assert!(keys2[0].generation() > keys[0].generation());
+    }
+
+    #[test]
+    fn a_cursor_from_before_the_store_existed_is_told_of_a_gap() {
+        // Seed 1000: this store's ids start at 1001; 999 came from an earlier run.
+        let s = store(16, 60_000);
+        let (idle, _) = recorded(16, 60_000);
+        let mut keys = [ChannelKey::NONE; 1];
+        // Nothing buffered yet: the subscriber parks knowing of the gap.
+        let r = sub(&idle, &["a"], Cursor::Since(999), Some((G0, &mut keys)), 0);
+        assert!(waiting_lost(r), "parked with a cursor from an earlier run");
+        let first = publish(&s, "a", "first of this run", 0);
+        assert_eq!(first, 1001);
+        // (cursor, lost): before this run, at its start, within it, and `0`.
+        for (cursor, want) in [
+            (1, true),
+            (999, true),
+            (1000, false),
+            (1001, false),
+            (0, false),
+        ] {
+            let r = sub(&s, &["a"], Cursor::Since(cursor), None, 0);
+            let lost = match r {
+                Subscribed::Ready { lost, .. } | Subscribed::Waiting { lost, .. } => lost,
+            };
+            assert_eq!(lost, want, "cursor {cursor}");
+        }
+        // No cursor: only what comes next, nothing to be told, even before any publish.
+        let (fresh, _) = recorded(16, 60_000);
+        assert!(!waiting_lost(sub(&fresh, &["a"], Cursor::Latest, None, 0)));
     }
 
     #[test]

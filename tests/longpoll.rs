@@ -538,3 +538,50 @@ fn bad_since_or_timeout_is_400() {
         assert_eq!(r.status, 400, "?{q}: {}", r.brief());
     }
 }
+
+/// A client whose cursor comes from before the server restarted: what the old run
+/// buffered and the client never read is gone, and the new run cannot know what that
+/// was. The next delivery must say so (`docs/protocol.md`: never a silent loss), also
+/// to a poll that parks first; a cursor of this run, and `0`, are not told.
+#[test]
+fn a_cursor_from_before_a_restart_is_told_of_the_gap() {
+    let old = Server::start(&[]);
+    let m1 = publish(old.admin, "r", "m1");
+    let _m2 = publish(old.admin, "r", "m2 (never read, lost in the restart)");
+    drop(old);
+
+    let s = Server::start(&[]);
+    let mut parked = park(s.public, &format!("/sub/r?since={m1}&timeout=30"));
+    wait_stat(s.admin, "parked", 1, 5 * SEC);
+    let m3 = publish(s.admin, "r", "m3");
+    assert!(id_num(&m3) > id_num(&m1), "ids continue above the old run");
+    let r = parked.response();
+    assert_eq!(assert_delivery(&r, "r", b"m3"), m3);
+    assert_eq!(
+        r.header("messages-lost"),
+        Some("true"),
+        "m2 was lost in the restart and the parked client was not told: {}",
+        r.brief()
+    );
+    let r = poll(s.public, &format!("/sub/r?since={m1}&timeout=0"));
+    assert_eq!(assert_delivery(&r, "r", b"m3"), m3);
+    assert_eq!(r.header("messages-lost"), Some("true"), "{}", r.brief());
+    // Nothing to be told: everything buffered, or a cursor of this run.
+    let r = poll(s.public, "/sub/r?since=0&timeout=0");
+    assert_eq!(assert_delivery(&r, "r", b"m3"), m3);
+    assert!(r.header("messages-lost").is_none(), "{}", r.brief());
+    let m4 = publish(s.admin, "r", "m4");
+    let r = poll(s.public, &format!("/sub/r?since={m3}&timeout=0"));
+    assert_eq!(assert_delivery(&r, "r", b"m4"), m4);
+    assert!(r.header("messages-lost").is_none(), "{}", r.brief());
+    // A client with no cursor whose first poll timed out before anything was published
+    // holds this run's starting cursor: not a gap.
+    let s2 = Server::start(&[]);
+    let r = poll(s2.public, "/sub/q?timeout=0");
+    assert_eq!(r.status, 204, "{}", r.brief());
+    let start = r.header("message-id").expect("cursor on a 204").to_string();
+    let q1 = publish(s2.admin, "q", "q1");
+    let r = poll(s2.public, &format!("/sub/q?since={start}&timeout=0"));
+    assert_eq!(assert_delivery(&r, "q", b"q1"), q1);
+    assert!(r.header("messages-lost").is_none(), "{}", r.brief());
+}

@@ -888,3 +888,32 @@ fn a_replay_larger_than_the_socket_buffers_arrives_whole() {
         (Some(live.as_str()), "live".to_string())
     );
 }
+
+/// An EventSource that reconnects after the server restarted sends a `Last-Event-ID`
+/// of the old run: the events that run buffered and the client never read are gone,
+/// so the stream says `event: lost` before the first event — whether that event is
+/// replayed at once or arrives live later.
+#[test]
+fn a_last_event_id_from_before_a_restart_is_told_of_the_gap() {
+    let old = Server::start(&[]);
+    let m1 = pub_id(&old, "r", b"m1");
+    let _m2 = pub_id(&old, "r", b"m2 (never read, lost in the restart)");
+    drop(old);
+
+    let s = Server::start(&[]);
+    // Nothing buffered yet: the gap is announced with the first live event.
+    let mut live = Sse::open(s.public, "/sub/r", &[("Last-Event-ID", m1.as_str())]);
+    wait_stat(s.admin, "sse_streams", 1, 5 * SEC);
+    let m3 = pub_id(&s, "r", b"m3");
+    assert_eq!(live.block(), format!("event: lost\ndata: {m3}\n\n"));
+    assert_eq!(live.block(), text_event(&m3, None, &["m3"]));
+    // m3 buffered: the gap is announced before its replay.
+    let mut replay = Sse::open(s.public, "/sub/r", &[("Last-Event-ID", m1.as_str())]);
+    assert_eq!(replay.block(), format!("event: lost\ndata: {m3}\n\n"));
+    assert_eq!(replay.block(), text_event(&m3, None, &["m3"]));
+    // A cursor of this run is not told.
+    let m4 = pub_id(&s, "r", b"m4");
+    let mut fine = Sse::open(s.public, "/sub/r", &[("Last-Event-ID", m3.as_str())]);
+    assert_eq!(fine.block(), text_event(&m4, None, &["m4"]));
+    fine.quiet_for(200 * MS).unwrap();
+}
