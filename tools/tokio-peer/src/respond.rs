@@ -8,6 +8,7 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::OnceLock;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -169,14 +170,32 @@ pub fn no_message(cursor: u64) -> Response<Body> {
 /// response and as close-delimited only on an HTTP/1.0 one, so a close-delimited stream
 /// (SSE) is marked HTTP/1.0: the status line reads `HTTP/1.0 200 OK` and the bytes after
 /// the head are the stream itself, as docs/protocol.md and holdfast have them.
+/// A framing's response headers, parsed once per process: `HeaderName::from_static`
+/// wants lower case, and holdfast's names are written as it sends them.
+fn stream_headers(framing: Framing) -> &'static [(HeaderName, HeaderValue)] {
+    static PARSED: [OnceLock<Vec<(HeaderName, HeaderValue)>>; Framing::COUNT] =
+        [const { OnceLock::new() }; Framing::COUNT];
+    PARSED[framing.index()].get_or_init(|| {
+        framing
+            .headers()
+            .iter()
+            .filter_map(|&(name, value)| {
+                // Static, valid names and values (holdfast writes them verbatim).
+                Some((
+                    HeaderName::from_bytes(name.as_bytes()).ok()?,
+                    HeaderValue::from_static(value),
+                ))
+            })
+            .collect()
+    })
+}
+
 pub fn stream(framing: Framing, body: StreamBody) -> Response<Body> {
     let mut r = Response::new(Body::Stream(Box::new(body)));
     let h = r.headers_mut();
-    for &(name, value) in framing.headers() {
-        // Static, valid names and values (holdfast writes them verbatim).
-        if let Ok(name) = HeaderName::from_bytes(name.as_bytes()) {
-            h.insert(name, HeaderValue::from_static(value));
-        }
+    for (name, value) in stream_headers(framing) {
+        // Clones of parsed headers: a reference count, no allocation per stream.
+        h.insert(name.clone(), value.clone());
     }
     if framing.close_delimited() {
         *r.version_mut() = Version::HTTP_10;
