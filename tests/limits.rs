@@ -54,10 +54,12 @@ fn memory_cap_evicts_oldest_first_signals_the_gap_and_bounds_rss() {
     let r = poll(s.public, &format!("/sub/a?since={first}&timeout=0"));
     assert_eq!(r.status, 200, "{}", r.brief());
     assert_eq!(r.header("messages-lost"), Some("true"), "{}", r.brief());
-    // 5 MB went through; the process kept at most the cap plus allocator slack.
+    // 5.6 MB went through; the process kept at most the cap plus allocator slack.
+    // Measured growth: holdfast 72-88 KB, the tokio peer 600-690 KB (debug builds, 3 runs
+    // each); a server that kept a fifth of what it evicted would pass 1 MiB.
     let rss_after = stat(s.admin, "rss_bytes");
     assert!(
-        rss_after < rss_before + 4 * 1024 * 1024,
+        rss_after < rss_before + 1024 * 1024,
         "RSS grew from {rss_before} to {rss_after} with a 64 KiB message cap"
     );
 }
