@@ -123,10 +123,6 @@ impl Groups {
         self.0 == 0
     }
 
-    pub fn contains(self, g: Group) -> bool {
-        self.0 & (1 << g.0) != 0
-    }
-
     fn insert(&mut self, g: Group) {
         self.0 |= 1 << g.0;
     }
@@ -146,13 +142,6 @@ impl Groups {
             m &= m - 1;
             Some(Group(g))
         })
-    }
-}
-
-impl std::ops::BitOr for Groups {
-    type Output = Groups;
-    fn bitor(self, o: Groups) -> Groups {
-        Groups(self.0 | o.0)
     }
 }
 

@@ -154,10 +154,15 @@ fn names_an_http_version(buf: &[u8]) -> bool {
         return false;
     };
     let visible = |p: &[u8]| !p.is_empty() && p.iter().all(u8::is_ascii_graphic);
-    visible(method)
-        && visible(target)
-        && matches!(version, [b'H', b'T', b'T', b'P', b'/', a, b'.', b]
-            if a.is_ascii_digit() && b.is_ascii_digit())
+    visible(method) && visible(target) && is_http_version(version)
+}
+
+/// A well-formed `HTTP-version` (RFC 9112 §2.3): `HTTP/` digit `.` digit. One that is
+/// neither `HTTP/1.0` nor `HTTP/1.1` is answered `505`; the tokio peer's request-line
+/// scan applies the same rule.
+pub fn is_http_version(v: &[u8]) -> bool {
+    matches!(v, [b'H', b'T', b'T', b'P', b'/', a, b'.', b]
+        if a.is_ascii_digit() && b.is_ascii_digit())
 }
 
 /// Does a comma-separated header value list contain `token` (case-insensitive)? Used

@@ -22,7 +22,7 @@
 //! version's suspect tail, at most [`MAX_HOLD`] bytes, kept by the socket wrapper until
 //! the line ends or stops looking like a version.
 
-use holdfast::http::parse::{HeadError, MAX_REQUEST_LINE};
+use holdfast::http::parse::{is_http_version, HeadError, MAX_REQUEST_LINE};
 
 /// Longest version token: `HTTP/d.d`.
 const VERSION_LEN: usize = 8;
@@ -145,8 +145,8 @@ impl LineScan {
     fn unsupported_version(&self) -> bool {
         self.part == Part::Version
             && self.part_len == VERSION_LEN
-            && matches!(self.version, [b'H', b'T', b'T', b'P', b'/', a, b'.', b]
-                if a.is_ascii_digit() && b.is_ascii_digit() && !(a == b'1' && b <= b'1'))
+            && is_http_version(&self.version)
+            && !matches!(&self.version, b"HTTP/1.0" | b"HTTP/1.1")
     }
 
     /// How many of the last bytes fed are a version that hyper would refuse already but
