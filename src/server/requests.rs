@@ -104,7 +104,16 @@ impl Worker {
                 return true;
             }
             Framed::Request { req, body, len } => {
-                (self.handle(key, &req, body), len, req.keep_alive)
+                #[cfg(debug_assertions)]
+                {
+                    self.handling = Some(key);
+                }
+                let outcome = self.handle(key, &req, body);
+                #[cfg(debug_assertions)]
+                {
+                    self.handling = None;
+                }
+                (outcome, len, req.keep_alive)
             }
         };
         io.consume(len);

@@ -178,6 +178,14 @@ impl Worker {
 
     /// Writes `parts` then `payload` now if the socket takes them, queueing the rest.
     pub(super) fn send(&mut self, key: usize, parts: &[&[u8]], payload: Option<&Bytes>) {
+        // What the socket refuses would be queued in an `Io` that the handler's caller
+        // then overwrites (see `Worker::handling`).
+        #[cfg(debug_assertions)]
+        debug_assert_ne!(
+            self.handling,
+            Some(key),
+            "write to {key} inside its handler"
+        );
         let c = &mut self.conns[key];
         if c.is_dead() {
             return;

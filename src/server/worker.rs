@@ -172,6 +172,11 @@ pub struct Worker {
     pub(super) log_second: u64,
     pub(super) log_lines: u32,
     pub(super) log_suppressed: u32,
+    /// The connection whose request is being handled: its `Io` is out of its slot, so
+    /// nothing may be written to it until the handler returns (debug builds check this
+    /// in `send`; handlers return an `Outcome` instead of writing).
+    #[cfg(debug_assertions)]
+    pub(super) handling: Option<usize>,
 }
 
 impl Worker {
@@ -221,6 +226,8 @@ impl Worker {
             log_second: 0,
             log_lines: 0,
             log_suppressed: 0,
+            #[cfg(debug_assertions)]
+            handling: None,
         })
     }
 
