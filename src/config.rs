@@ -92,6 +92,20 @@ pub struct Config {
     /// Unsent bytes per SSE stream before it is cut off.
     #[arg(long, value_name = "SIZE", default_value = "256KiB", value_parser = parse_size)]
     pub sse_max_backlog: u64,
+
+    /// Cluster mode: every node given the same Redis is one server (ids, buffers and
+    /// deletes are shared; a publish on any node reaches every node's subscribers).
+    /// Form: redis://[:PASSWORD@]HOST[:PORT][/DB].
+    #[arg(long, value_name = "URL", value_parser = parse_redis_url)]
+    pub redis: Option<String>,
+
+    /// Prefix of every Redis key and pub/sub channel, so deployments can share a Redis.
+    #[arg(long, value_name = "PREFIX", default_value = "holdfast", value_parser = parse_prefix)]
+    pub redis_prefix: String,
+
+    /// Longest wait for Redis before a publish, delete or catch-up read gets 503.
+    #[arg(long, value_name = "DUR", default_value = "2s", value_parser = parse_duration)]
+    pub redis_timeout: Duration,
 }
 
 /// Most threads a server may run: each worker is one subscriber group of the store.
@@ -181,6 +195,9 @@ impl Config {
                 crate::store::MESSAGE_OVERHEAD
             ));
         }
+        if self.redis_timeout.is_zero() {
+            return Err("--redis-timeout must be greater than 0".into());
+        }
         if self.listen == self.admin_listen && self.listen.port() != 0 {
             return Err(format!(
                 "--listen and --admin-listen are both {}; publishing must stay off the public listener",
@@ -215,6 +232,45 @@ fn parse_positive(s: &str) -> Result<usize, String> {
         return Err("must be at least 1".into());
     }
     Ok(n)
+}
+
+/// Checks `redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]` (the client library parses it
+/// again; this gives a clear message before anything starts).
+fn parse_redis_url(s: &str) -> Result<String, String> {
+    let rest = s
+        .strip_prefix("redis://")
+        .ok_or_else(|| format!("'{s}' is not a redis:// URL (form: redis://HOST:PORT[/DB])"))?;
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    let (hostport, db) = rest.split_once('/').unwrap_or((rest, ""));
+    if !db.is_empty() && db.parse::<u32>().is_err() {
+        return Err(format!("database '{db}' is not a number"));
+    }
+    let (host, port) = match hostport.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (h, Some(p)),
+        _ => (hostport, None),
+    };
+    if host.is_empty() {
+        return Err(format!("'{s}' has no host"));
+    }
+    if let Some(p) = port {
+        if p.parse::<u16>().map_or(true, |p| p == 0) {
+            return Err(format!("port '{p}' is not a port number"));
+        }
+    }
+    Ok(s.to_string())
+}
+
+/// `[A-Za-z0-9._-]{1,64}`: it becomes part of every key.
+fn parse_prefix(s: &str) -> Result<String, String> {
+    if s.is_empty()
+        || s.len() > 64
+        || !s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
+        return Err("must be 1 to 64 of A-Z a-z 0-9 . _ -".into());
+    }
+    Ok(s.to_string())
 }
 
 fn parse_buffer_messages(s: &str) -> Result<usize, String> {
@@ -341,5 +397,35 @@ mod tests {
         assert!(Config::try_parse_from(["holdfast", "--threads", "0"]).is_err());
         assert!(Config::try_parse_from(["holdfast", "--threads", "65"]).is_err());
         assert!(Config::try_parse_from(["holdfast", "--listen", "nowhere"]).is_err());
+    }
+
+    #[test]
+    fn redis_flags() {
+        for ok in [
+            "redis://127.0.0.1:6379",
+            "redis://localhost",
+            "redis://h:1/3",
+            "redis://:secret@h:6379/0",
+        ] {
+            let c = Config::try_parse_from(["holdfast", "--redis", ok]);
+            assert_eq!(c.ok().and_then(|c| c.redis).as_deref(), Some(ok), "{ok}");
+        }
+        for bad in [
+            "127.0.0.1:6379",
+            "http://h:1",
+            "redis://",
+            "redis://h:0",
+            "redis://h:99999",
+            "redis://h:1/x",
+        ] {
+            assert!(
+                Config::try_parse_from(["holdfast", "--redis", bad]).is_err(),
+                "{bad} accepted"
+            );
+        }
+        assert!(Config::try_parse_from(["holdfast", "--redis-prefix", "a:b"]).is_err());
+        assert!(Config::try_parse_from(["holdfast", "--redis-prefix", ""]).is_err());
+        let c = Config::parse_from(["holdfast", "--redis-timeout", "0"]);
+        assert!(c.validate().unwrap_err().contains("--redis-timeout"));
     }
 }

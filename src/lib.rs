@@ -7,11 +7,12 @@
 //! for) · [`stream`] (stream framing: SSE today) · [`http`] (request heads, request
 //! framing, chunked bodies, response rendering) · [`buffer`] (a connection's read buffer
 //! and write queue) · [`park`] (per-worker waiter lists) · [`wheel`] (timers) ·
-//! [`stats`] (counters) · [`sys`] (the only `unsafe`: libc calls std lacks).
+//! [`cluster`] (cluster mode's Redis layout, scripts and envelopes) · [`stats`] (counters) · [`sys`] (the only `unsafe`: libc calls std lacks).
 //! The contract all of it implements is `docs/protocol.md`.
 #![deny(unsafe_code)]
 
 pub mod buffer;
+pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod park;

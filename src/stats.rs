@@ -36,13 +36,13 @@ pub fn dec(c: &AtomicU64) {
 
 /// One consistent-enough reading of everything.
 pub struct Snapshot {
-    pub fields: [(&'static str, &'static str, u64); 15],
+    pub fields: Vec<(&'static str, &'static str, u64)>,
 }
 
 impl Stats {
     pub fn snapshot(&self, store: &StoreStats, rss_bytes: u64, max_connections: usize) -> Snapshot {
         Snapshot {
-            fields: [
+            fields: vec![
                 ("connections", "gauge", self.connections.load(Relaxed)),
                 ("parked", "gauge", self.parked.load(Relaxed)),
                 ("sse_streams", "gauge", self.sse_streams.load(Relaxed)),

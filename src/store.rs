@@ -186,6 +186,25 @@ pub struct Message {
     expires_at: u64,
 }
 
+impl Message {
+    /// A message that is delivered but not buffered here (a backplane read it from
+    /// elsewhere).
+    pub fn unbuffered(
+        id: u64,
+        channel: Arc<str>,
+        content_type: Option<Bytes>,
+        payload: Bytes,
+    ) -> Message {
+        Message {
+            id,
+            channel,
+            content_type,
+            payload,
+            expires_at: 0,
+        }
+    }
+}
+
 /// What a group is told about a channel it has subscribers on.
 #[derive(Debug, Clone)]
 pub enum Note {
@@ -218,6 +237,10 @@ pub enum Subscribed {
     /// every channel (keys written to the caller's slice) and must later be
     /// unsubscribed. `cursor` is the effective cursor; `lost` says a gap already exists.
     Waiting { cursor: u64, lost: bool },
+    /// Cluster mode: this store cannot vouch for the cursor on some of the channels (it
+    /// does not hold them, or the cursor is older than its view of them); the answer
+    /// must come from the backplane. Nothing was registered.
+    Fetch,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -417,6 +440,13 @@ struct Inner {
     /// Shutting down: publishes are refused.
     closed: bool,
     tombs: Tombstones,
+    /// Cluster mode only (`None` standalone, where the store sees every message): per
+    /// channel name, the cursor from which this store's view of the channel is complete
+    /// — every message with a larger id is in the ring, was evicted (and counted in
+    /// `evicted_max` or a tombstone), or will still be appended, in order. Set and
+    /// lowered by the backplane ([`Store::cover`]); a subscribe whose cursor is older
+    /// than it (or a channel without an entry) gets [`Subscribed::Fetch`].
+    covered: Option<HashMap<Arc<str>, u64>>,
 }
 
 /// The shared store. Cheap to share behind an `Arc`.
@@ -523,6 +553,16 @@ impl Store {
         Store::with_seed(cfg, seed, notifier)
     }
 
+    /// A cluster node's store: a cache of the channels it holds, fed in id order by the
+    /// backplane through [`Store::append`]. Ids come from the backplane (so the store has
+    /// no seed and no restart rule of its own: the backplane's epoch stands for it), and
+    /// a subscribe is answered here only where [`Store::cover`] vouched for the cursor.
+    pub fn for_cluster(cfg: StoreConfig, notifier: Arc<dyn Notifier>) -> Store {
+        let s = Store::with_seed(cfg, 0, notifier);
+        s.lock().covered = Some(HashMap::new());
+        s
+    }
+
     /// A store whose first id will be `seed + 1` (tests).
     pub fn with_seed(cfg: StoreConfig, seed: u64, notifier: Arc<dyn Notifier>) -> Store {
         Store {
@@ -543,6 +583,7 @@ impl Store {
                 evicted_for_memory: 0,
                 closed: false,
                 tombs: Tombstones::new(TOMBSTONES, FOLD_BUCKETS),
+                covered: None,
             }),
         }
     }
@@ -577,7 +618,8 @@ impl Store {
     /// node's publish), with the same notes and wake-up as [`publish`](Store::publish).
     /// `id` must be newer than every id this store has seen; an older one is refused
     /// with [`AppendError::IdNotNewer`], since appending it would break the order every
-    /// cursor relies on.
+    /// cursor relies on. `lost_floor` is the newest id of the channel that its origin
+    /// no longer holds (`0`: none): a cursor below it has missed something.
     pub fn append(
         &self,
         channel: &str,
@@ -585,17 +627,100 @@ impl Store {
         content_type: Option<Bytes>,
         payload: Bytes,
         now: u64,
+        lost_floor: u64,
     ) -> Result<PublishInfo, AppendError> {
         let (info, woken) = {
             let mut g = self.lock();
             if id <= g.last_id {
                 return Err(AppendError::IdNotNewer { last: g.last_id });
             }
+            if lost_floor > 0 {
+                Self::raise_floor_locked(&mut g, channel, lost_floor.min(id - 1));
+            }
             self.insert_locked(&mut g, channel, id, content_type, payload, now)
                 .map_err(AppendError::Refused)?
         };
         self.wake(woken);
         Ok(info)
+    }
+
+    /// Records that `channel` lost every id up to `floor` it did not deliver: its
+    /// `evicted_max`, or the tombstone of a channel not held here.
+    fn raise_floor_locked(inner: &mut Inner, channel: &str, floor: u64) {
+        match inner.by_name.get(channel) {
+            Some(&slot) => {
+                let c = &mut inner.slots[slot];
+                c.evicted_max = c.evicted_max.max(floor);
+            }
+            None => inner.tombs.bury(channel, floor),
+        }
+    }
+
+    /// Cluster mode: the backplane learned that `channel` no longer holds ids up to
+    /// `floor` (evicted, expired or deleted elsewhere, or lost with Redis's data).
+    pub fn raise_floor(&self, channel: &str, floor: u64) {
+        if floor > 0 {
+            Self::raise_floor_locked(&mut self.lock(), channel, floor);
+        }
+    }
+
+    /// Cluster mode: the backplane's data began again at `epoch` (Redis lost what it
+    /// held): every cursor below it may have missed messages, on every channel.
+    pub fn begin_epoch(&self, epoch: u64) {
+        let mut g = self.lock();
+        let floor = epoch.saturating_sub(1);
+        g.first_above = g.first_above.max(floor);
+        for (_, c) in g.slots.iter_mut() {
+            c.evicted_max = c.evicted_max.max(floor);
+        }
+    }
+
+    /// Cluster mode: this store now sees every message of each of `names` with an id
+    /// above `from` (see `Inner::covered`); an existing, lower mark stays.
+    pub fn cover(&self, names: &[&str], from: u64) {
+        let mut g = self.lock();
+        let Some(covered) = g.covered.as_mut() else {
+            return;
+        };
+        for name in names {
+            match covered.get_mut(*name) {
+                Some(k) => *k = (*k).min(from),
+                None => {
+                    covered.insert(Arc::from(*name), from);
+                }
+            }
+        }
+    }
+
+    /// Cluster mode: forget the view of `name` if nobody here subscribes to it (the
+    /// backplane is about to stop receiving it). False if it has subscribers.
+    pub fn uncover(&self, name: &str) -> bool {
+        let mut g = self.lock();
+        let inner = &mut *g;
+        if let Some(&slot) = inner.by_name.get(name) {
+            if inner.slots[slot].subscribers > 0 {
+                return false;
+            }
+        }
+        if let Some(covered) = inner.covered.as_mut() {
+            covered.remove(name);
+        }
+        true
+    }
+
+    /// Cluster mode: forget every view (the backplane cannot keep them complete).
+    pub fn uncover_all(&self) {
+        if let Some(c) = self.lock().covered.as_mut() {
+            c.clear();
+        }
+    }
+
+    /// Names with at least one subscriber here.
+    pub fn held(&self, name: &str) -> bool {
+        let g = self.lock();
+        g.by_name
+            .get(name)
+            .is_some_and(|&slot| g.slots[slot].subscribers > 0)
     }
 
     fn wake(&self, groups: Groups) {
@@ -694,6 +819,17 @@ impl Store {
         // nothing here remembers it, so say so. A false alarm when nothing was missed is
         // allowed; a silent gap is not. `0` asks for everything buffered and is never told.
         let mut lost = matches!(cursor, Cursor::Since(c) if c != 0 && c < inner.first_above);
+        if let Some(covered) = &inner.covered {
+            let vouched = names.iter().all(|n| {
+                covered.get(*n).is_some_and(|&k| match cursor {
+                    Cursor::Since(c) => k <= c,
+                    Cursor::Latest => true,
+                })
+            });
+            if !vouched {
+                return Ok(Subscribed::Fetch);
+            }
+        }
         let cursor = match cursor {
             Cursor::Since(c) => c,
             Cursor::Latest => inner.last_id,
@@ -788,6 +924,21 @@ impl Store {
         };
         self.wake(groups);
         true
+    }
+
+    /// Cluster mode: the channel was deleted at the backplane, whose newest id for it
+    /// was `last`. Like [`delete`](Store::delete), and a cursor below `last` hears of
+    /// the gap even if this store never held the channel.
+    pub fn deleted_elsewhere(&self, name: &str, last: u64) {
+        let groups = {
+            let mut g = self.lock();
+            let groups = self.delete_locked(&mut g, name).unwrap_or(Groups::EMPTY);
+            if last > 0 {
+                g.tombs.bury(name, last);
+            }
+            groups
+        };
+        self.wake(groups);
     }
 
     fn delete_locked(&self, inner: &mut Inner, name: &str) -> Option<Groups> {
@@ -1192,6 +1343,7 @@ mod tests {
             let r = sub(&s, &["a"], Cursor::Since(cursor), None, 0);
             let lost = match r {
                 Subscribed::Ready { lost, .. } | Subscribed::Waiting { lost, .. } => lost,
+                Subscribed::Fetch => unreachable!("standalone"),
             };
             assert_eq!(lost, want, "cursor {cursor}");
         }
@@ -1208,13 +1360,13 @@ mod tests {
         let mine = publish(&s, "a", "local", 0);
         assert_eq!(mine, 1001);
         let far = s
-            .append("a", 5000, None, Bytes::from_static(b"remote"), 0)
+            .append("a", 5000, None, Bytes::from_static(b"remote"), 0, 0)
             .unwrap();
         assert_eq!(far.id, 5000);
         // Not newer than what the store has seen: refused, nothing appended.
         for id in [5000, 4999, 1] {
             assert_eq!(
-                s.append("a", id, None, Bytes::from_static(b"x"), 0),
+                s.append("a", id, None, Bytes::from_static(b"x"), 0, 0),
                 Err(AppendError::IdNotNewer { last: 5000 })
             );
         }
@@ -1328,5 +1480,105 @@ mod tests {
         assert_eq!(s.info("a", 0).unwrap().subscribers, 0);
         // Reading without parking never creates channels, so it is not refused.
         assert!(s.subscribe(&["new"], Cursor::Latest, None, 0).is_ok());
+    }
+
+    fn remote(s: &Store, ch: &str, id: u64, floor: u64) -> Result<PublishInfo, AppendError> {
+        s.append(ch, id, None, Bytes::from_static(b"r"), 0, floor)
+    }
+
+    #[test]
+    fn a_cluster_store_answers_only_where_the_backplane_vouched() {
+        let s = Store::for_cluster(StoreConfig::unbounded(16, 60_000), Arc::new(Silent));
+        let mut keys = [ChannelKey::NONE; 2];
+        // Nothing vouched for yet: every cursor, even "latest", goes to the backplane,
+        // and nothing is registered.
+        for c in [Cursor::Since(0), Cursor::Since(50), Cursor::Latest] {
+            assert!(matches!(
+                sub(&s, &["a"], c, Some((G3, &mut keys[..1])), 0),
+                Subscribed::Fetch
+            ));
+        }
+        assert_eq!(s.stats().channels, 0, "a Fetch registers nothing");
+        // Vouched from 100 on: older cursors still go to the backplane.
+        s.cover(&["a"], 100);
+        assert!(matches!(
+            sub(&s, &["a"], Cursor::Since(99), None, 0),
+            Subscribed::Fetch
+        ));
+        remote(&s, "a", 120, 0).unwrap();
+        match sub(&s, &["a"], Cursor::Since(100), None, 0) {
+            Subscribed::Ready { msg, lost } => assert!(msg.id == 120 && !lost),
+            other => panic!("{other:?}"),
+        }
+        // A lower mark widens the view; a higher one never narrows it.
+        s.cover(&["a"], 40);
+        s.cover(&["a"], 500);
+        assert!(matches!(
+            sub(&s, &["a"], Cursor::Since(40), None, 0),
+            Subscribed::Ready { .. }
+        ));
+        // One channel of several not vouched for: the whole request goes to the backplane.
+        assert!(matches!(
+            sub(&s, &["a", "b"], Cursor::Since(200), None, 0),
+            Subscribed::Fetch
+        ));
+        // A cluster store has no restart rule of its own: a cursor far below its first
+        // id is not told of a gap by the store (the backplane's epoch answers that).
+        s.cover(&["b"], 1);
+        assert!(!waiting_lost(sub(&s, &["b"], Cursor::Since(1), None, 0)));
+        // Uncovering a channel with subscribers is refused; without, it is forgotten.
+        assert!(matches!(
+            sub(
+                &s,
+                &["b"],
+                Cursor::Since(1000),
+                Some((G3, &mut keys[..1])),
+                0
+            ),
+            Subscribed::Waiting { .. }
+        ));
+        assert!(!s.uncover("b"));
+        s.unsubscribe(keys[0], G3, 1, true);
+        assert!(s.uncover("b"));
+        assert!(matches!(
+            sub(&s, &["b"], Cursor::Since(1000), None, 0),
+            Subscribed::Fetch
+        ));
+    }
+
+    #[test]
+    fn a_cluster_store_takes_the_origins_lost_floor_and_epochs() {
+        let s = Store::for_cluster(StoreConfig::unbounded(16, 60_000), Arc::new(Silent));
+        s.cover(&["a", "b", "c"], 0);
+        // The origin no longer holds ids up to 150 on "a": a cursor below is told.
+        remote(&s, "a", 200, 150).unwrap();
+        match sub(&s, &["a"], Cursor::Since(100), None, 0) {
+            Subscribed::Ready { msg, lost } => assert!(msg.id == 200 && lost),
+            other => panic!("{other:?}"),
+        }
+        match sub(&s, &["a"], Cursor::Since(150), None, 0) {
+            Subscribed::Ready { lost, .. } => assert!(!lost),
+            other => panic!("{other:?}"),
+        }
+        // A floor for a channel not held here is kept as its tombstone.
+        s.raise_floor("b", 180);
+        assert!(waiting_lost(sub(&s, &["b"], Cursor::Since(170), None, 0)));
+        assert!(!waiting_lost(sub(&s, &["b"], Cursor::Since(180), None, 0)));
+        // Deleted at the origin: a channel never held here still reports the gap.
+        s.deleted_elsewhere("c", 190);
+        assert!(waiting_lost(sub(&s, &["c"], Cursor::Since(189), None, 0)));
+        assert!(!waiting_lost(sub(&s, &["c"], Cursor::Since(190), None, 0)));
+        // Redis lost its data: everything below the new epoch may be gone.
+        s.begin_epoch(1000);
+        remote(&s, "a", 1000, 0).unwrap();
+        match sub(&s, &["a"], Cursor::Since(200), None, 0) {
+            Subscribed::Ready { msg, lost } => assert!(msg.id == 1000 && lost),
+            other => panic!("{other:?}"),
+        }
+        // Ids from elsewhere must still only grow.
+        assert_eq!(
+            remote(&s, "a", 999, 0),
+            Err(AppendError::IdNotNewer { last: 1000 })
+        );
     }
 }

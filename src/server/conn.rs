@@ -50,6 +50,10 @@ pub enum Phase {
     /// Final response written, write side shut; reading and dropping input until the
     /// client closes, so our close does not turn into a reset that eats the response.
     Linger,
+    /// Cluster mode: the request at the front waits for the backplane's reply (it stays
+    /// in the read buffer and is handled again with the reply); timer: a little past
+    /// `--redis-timeout`, then `503`.
+    Backplane,
 }
 
 /// The timeouts the state machine arms, in milliseconds.
@@ -85,6 +89,10 @@ pub enum Input {
     },
     /// Taken off the park lists (answered, ended, or gone).
     Unparked,
+    /// Its request went to the backplane; the reply is due within `ms`.
+    Deferred { ms: u64 },
+    /// The backplane's reply came (or its timer fired): the request is handled again.
+    Resumed,
     /// A response was queued; `close` ends the connection after it.
     Answered { close: bool },
     /// Its stream ended (channel deleted, shutdown, backlog overflow): close once the
@@ -112,6 +120,8 @@ pub enum Action {
     Disarm,
     /// A parked poll timed out: answer it (`204`).
     AnswerTimeout,
+    /// The backplane did not reply in time: answer `503`.
+    BackplaneTimeout,
     /// A stream's heartbeat is due: write one, then arm the timer `ms` from now.
     Heartbeat(u64),
     /// Shut the write side, drain input, arm the timer `ms` from now (close if the shut
@@ -192,6 +202,11 @@ impl Conn {
         matches!(self.phase, Phase::Parked | Phase::Stream(_))
     }
 
+    /// Parked, streaming, or waiting for the backplane: no request is read meanwhile.
+    pub fn is_held(&self) -> bool {
+        self.is_waiting() || self.phase == Phase::Backplane
+    }
+
     /// The framing of its stream, if it is one.
     pub fn framing(&self) -> Option<Framing> {
         match self.phase {
@@ -265,6 +280,7 @@ impl Conn {
             Input::Timer => match self.phase {
                 // Answered by the worker, which then steps `Unparked` and `Answered`.
                 Phase::Parked => Action::AnswerTimeout,
+                Phase::Backplane => Action::BackplaneTimeout,
                 Phase::Stream(_) => Action::Heartbeat(t.heartbeat),
                 // Header, keep-alive, send and linger timeouts all end the connection.
                 Phase::Idle | Phase::Head | Phase::Send | Phase::Linger => Action::Close,
@@ -300,6 +316,17 @@ impl Conn {
                     self.set(flag::LOST);
                 }
                 Action::Arm(t.heartbeat)
+            }
+            Input::Deferred { ms } => {
+                debug_assert!(!self.is_waiting(), "deferred while waiting");
+                self.phase = Phase::Backplane;
+                Action::Arm(ms)
+            }
+            Input::Resumed => {
+                debug_assert_eq!(self.phase, Phase::Backplane);
+                // The next `Settle` arms the timer for whatever comes next.
+                self.phase = Phase::Head;
+                Action::Disarm
             }
             Input::Unparked => {
                 debug_assert!(self.is_waiting(), "unparked in {:?}", self.phase);
@@ -342,7 +369,7 @@ impl Conn {
         if self.is_dead() {
             return Action::Close;
         }
-        if self.is_waiting() || self.phase == Phase::Linger {
+        if self.is_waiting() || matches!(self.phase, Phase::Linger | Phase::Backplane) {
             return Action::None;
         }
         let has_out = self.has_output();

@@ -276,6 +276,10 @@ impl Worker {
             self.end_stream(key, End::Shutdown);
         } else if c.is_waiting() {
             self.answer_parked(key, Answer::ShuttingDown);
+        } else if c.phase() == super::conn::Phase::Backplane {
+            // Its reply may never come now: answered as unavailable.
+            self.step(key, Input::CloseAfter);
+            self.backplane_answered(key, super::backplane::Reply::Unavailable);
         } else if c.phase() == super::conn::Phase::Idle && !c.has_input() {
             self.close(key);
         } else {

@@ -7,11 +7,13 @@
 //! writes, lingers and closes; [`requests`] drives a connection's requests through the
 //! framing in `holdfast::http::framing`; [`routes`] maps a request to its handler;
 //! [`deliver`] answers parked polls and feeds streams (the `blocked.c` of holdfast);
-//! [`conn`] is the connection state machine. Only `main.rs` uses this module.
+//! [`conn`] is the connection state machine; [`backplane`] is cluster mode's Redis side.
+//! Only `main.rs` uses this module.
 
 pub mod accept;
 #[cfg(test)]
 pub mod alloc_count;
+pub mod backplane;
 pub mod conn;
 pub mod deliver;
 pub mod requests;
@@ -33,6 +35,7 @@ use holdfast::store::{Groups, Store};
 use holdfast::sys;
 use mio::Poll;
 
+use crate::server::backplane::Backplane;
 use crate::server::conn::Timeouts;
 use crate::server::reserve::Reserve;
 use crate::server::worker::{Mailboxes, Shared, Worker};
@@ -49,6 +52,7 @@ pub struct Handle {
     pub max_connections: usize,
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
+    backplane: Option<JoinHandle<()>>,
 }
 
 impl Handle {
@@ -58,6 +62,9 @@ impl Handle {
         // worker sees the flag (see `Worker::begin_shutdown`).
         self.shared.store.close();
         self.shared.shutdown.store(true, SeqCst);
+        if let Some(bp) = &self.shared.backplane {
+            bp.stop();
+        }
         self.shared
             .mailboxes
             .wake_all(Groups::first(self.threads.len()));
@@ -66,6 +73,9 @@ impl Handle {
     /// Waits for every worker to finish.
     pub fn join(self) {
         for t in self.threads {
+            let _ = t.join();
+        }
+        if let Some(t) = self.backplane {
             let _ = t.join();
         }
     }
@@ -104,8 +114,22 @@ pub fn start(cfg: &Config) -> io::Result<Handle> {
     }
     let mailboxes = Arc::new(Mailboxes::new(&polls)?);
     let ms = |d: Duration| d.as_millis() as u64;
+    let backplane = cfg.redis.as_deref().map(|url| {
+        Arc::new(Backplane::new(
+            url,
+            &cfg.redis_prefix,
+            cfg.redis_timeout,
+            ms(cfg.message_ttl),
+            cfg.buffer_messages,
+        ))
+    });
+    let store = match backplane {
+        Some(_) => Store::for_cluster(cfg.store_config(), mailboxes.clone()),
+        None => Store::new(cfg.store_config(), mailboxes.clone()),
+    };
     let shared = Arc::new(Shared {
-        store: Store::new(cfg.store_config(), mailboxes.clone()),
+        store,
+        backplane,
         stats: Stats::default(),
         mailboxes,
         shutdown: AtomicBool::new(false),
@@ -125,6 +149,10 @@ pub fn start(cfg: &Config) -> io::Result<Handle> {
         epoch: std::time::Instant::now(),
     });
 
+    let backplane = match shared.backplane {
+        Some(_) => Some(backplane::start(shared.clone())?),
+        None => None,
+    };
     let mut handles = Vec::with_capacity(threads);
     for ((id, poll), (p, a)) in polls
         .into_iter()
@@ -148,5 +176,6 @@ pub fn start(cfg: &Config) -> io::Result<Handle> {
         max_connections,
         shared,
         threads: handles,
+        backplane,
     })
 }

@@ -24,7 +24,7 @@ impl Worker {
     pub(super) fn drive(&mut self, key: usize) {
         loop {
             let c = &self.conns[key];
-            if c.is_waiting() || c.phase() == Phase::Linger || c.is_dead() {
+            if c.is_held() || c.phase() == Phase::Linger || c.is_dead() {
                 break;
             }
             if c.io
@@ -45,7 +45,7 @@ impl Worker {
             let c = &self.conns[key];
             if c.input_ended() {
                 // Answer what was complete before the close, then go.
-                if c.has_input() && !c.closing() && !c.is_waiting() && self.handle_buffered(key) {
+                if c.has_input() && !c.closing() && !c.is_held() && self.handle_buffered(key) {
                     continue;
                 }
                 if self.conns.contains(key) {
@@ -116,6 +116,11 @@ impl Worker {
                 (outcome, len, req.keep_alive)
             }
         };
+        if matches!(outcome, Outcome::Deferred) {
+            // Handled again, from the buffer, when the backplane replies.
+            self.conns[key].io = Some(io);
+            return true;
+        }
         io.consume(len);
         self.conns[key].io = Some(io);
         match outcome {
@@ -126,6 +131,7 @@ impl Worker {
             // The state machine already knows whether the client asked to close after
             // the answer.
             Outcome::Parked => self.release_io(key),
+            Outcome::Deferred => unreachable!("handled above"),
             Outcome::Stream(start) => {
                 self.start_stream(key, start);
                 self.release_io(key);

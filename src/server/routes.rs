@@ -12,10 +12,11 @@ use bytes::Bytes;
 use holdfast::http::parse::{Method, Request};
 use holdfast::http::respond;
 use holdfast::stats::inc;
-use holdfast::store::{valid_channel_name, Cursor, PublishError, Subscribed};
+use holdfast::store::{valid_channel_name, Cursor, Message, PublishError, Subscribed};
 use holdfast::stream::{Event, Framing};
 use holdfast::subscribe;
 
+use super::backplane::{Job, Reply};
 use super::conn::Input;
 use super::worker::Worker;
 
@@ -25,6 +26,9 @@ pub enum Outcome {
     Respond { payload: Option<Bytes>, close: bool },
     /// The request parked; nothing to write now.
     Parked,
+    /// Cluster mode: the request went to the backplane and stays in the buffer; it is
+    /// handled again with the reply (`Worker::reply`).
+    Deferred,
     /// The request becomes a stream: its head and replay are rendered in `Worker::out`,
     /// the store registered it on `channels` channels (keys in `Worker::keys`).
     /// `requests.rs` writes and links it once the connection's buffers are back in
@@ -51,7 +55,12 @@ impl Worker {
         let m = req.method;
         if path == b"/health" {
             return match m {
-                Method::Get | Method::Head => self.text(req, 200, "ok\n"),
+                Method::Get | Method::Head => match &self.shared.backplane {
+                    // A node that cannot deliver cross-node messages (or publish) asks
+                    // the balancer to route around it.
+                    Some(bp) if !bp.up() => self.unavailable(req, "backplane down\n"),
+                    _ => self.text(req, 200, "ok\n"),
+                },
                 _ => self.not_allowed(req, b"GET, HEAD"),
             };
         }
@@ -71,9 +80,9 @@ impl Worker {
             // Valid names are ASCII.
             let ch = std::str::from_utf8(ch).unwrap_or_default();
             return match m {
-                Method::Post | Method::Put => self.publish(req, ch, body),
+                Method::Post | Method::Put => self.publish(key, req, ch, body),
                 Method::Get | Method::Head => self.channel_info(req, ch),
-                Method::Delete => self.delete(req, ch),
+                Method::Delete => self.delete(key, req, ch),
                 Method::Other => self.not_allowed(req, b"GET, HEAD, POST, PUT, DELETE"),
             };
         }
@@ -145,6 +154,23 @@ impl Worker {
         }
     }
 
+    /// `503` + `Retry-After: 1` with `why` (the connection stays open).
+    fn unavailable(&mut self, req: &Request<'_>, why: &str) -> Outcome {
+        self.respond(
+            req,
+            503,
+            &[("Retry-After", b"1")],
+            Some(b"text/plain; charset=utf-8"),
+            why.as_bytes(),
+        )
+    }
+
+    /// Redis did not answer in time (or refused): `503`; a publish may still have been
+    /// carried out (`docs/protocol.md`).
+    fn backplane_unavailable(&mut self, req: &Request<'_>) -> Outcome {
+        self.unavailable(req, "backplane unavailable\n")
+    }
+
     /// `--max-channels` refused a new channel: 503 (it may clear as channels expire).
     fn too_many_channels(&mut self, req: &Request<'_>) -> Outcome {
         let body = b"channel limit reached (--max-channels)\n";
@@ -168,11 +194,46 @@ impl Worker {
         )
     }
 
-    fn publish(&mut self, req: &Request<'_>, ch: &str, body: &[u8]) -> Outcome {
+    fn publish(&mut self, key: usize, req: &Request<'_>, ch: &str, body: &[u8]) -> Outcome {
         let ct = req
             .content_type
             .filter(|c| !c.is_empty())
             .map(Bytes::copy_from_slice);
+        if self.shared.backplane.is_some() {
+            return match self.reply.take() {
+                None => {
+                    let payload = Bytes::copy_from_slice(body);
+                    self.to_backplane(key, |to| Job::Publish {
+                        channel: ch.into(),
+                        content_type: ct,
+                        payload,
+                        to,
+                    });
+                    Outcome::Deferred
+                }
+                Some(Reply::Published {
+                    id,
+                    nodes,
+                    buffered,
+                }) => {
+                    let here = self
+                        .shared
+                        .store
+                        .info(ch, self.now)
+                        .map_or(0, |i| i.subscribers);
+                    let mut json = Vec::with_capacity(160);
+                    json.extend_from_slice(b"{\"id\":\"");
+                    let _ = write!(json, "{id}\",\"channel\":");
+                    respond::json_str(&mut json, ch);
+                    let _ = write!(
+                        json,
+                        ",\"subscribers\":{here},\"nodes\":{nodes},\"buffered\":{buffered}}}"
+                    );
+                    self.respond(req, 201, &[], Some(b"application/json"), &json)
+                }
+                Some(_) => self.backplane_unavailable(req),
+            };
+        }
         let payload = Bytes::copy_from_slice(body);
         let info = match self.shared.store.publish(ch, ct, payload, self.now) {
             Ok(info) => info,
@@ -206,7 +267,21 @@ impl Worker {
         self.respond(req, 200, &[], Some(b"application/json"), &json)
     }
 
-    fn delete(&mut self, req: &Request<'_>, ch: &str) -> Outcome {
+    fn delete(&mut self, key: usize, req: &Request<'_>, ch: &str) -> Outcome {
+        if self.shared.backplane.is_some() {
+            return match self.reply.take() {
+                None => {
+                    self.to_backplane(key, |to| Job::Delete {
+                        channel: ch.into(),
+                        to,
+                    });
+                    Outcome::Deferred
+                }
+                Some(Reply::Deleted { existed: true }) => self.respond(req, 204, &[], None, b""),
+                Some(Reply::Deleted { existed: false }) => self.text(req, 404, "no such channel\n"),
+                Some(_) => self.backplane_unavailable(req),
+            };
+        }
         if !self.shared.store.delete(ch) {
             return self.text(req, 404, "no such channel\n");
         }
@@ -223,14 +298,34 @@ impl Worker {
         // now: no stream, no parking.
         let may_wait = self.shutting_down.is_none() && !self.conns[key].input_ended();
         if let Some(framing) = Framing::for_request(req.wants_sse).filter(|_| may_wait) {
-            return self.open_stream(req, framing, names, sub.cursor);
+            return self.open_stream(key, req, framing, names, sub.cursor);
         }
         let hold_ms = sub.timeout.as_millis() as u64;
         let park = hold_ms > 0 && may_wait;
+        let mut cursor = sub.cursor;
+        let mut known_lost = false;
+        let fetched = self.reply.is_some();
+        match self.reply.take() {
+            None => {}
+            // Read from Redis: the oldest newer message, or where to wait from.
+            Some(Reply::Fetched {
+                mut messages,
+                lost,
+                cursor: from,
+            }) => {
+                if !messages.is_empty() {
+                    let msg = messages.swap_remove(0);
+                    return self.deliver_now(req, &msg, lost);
+                }
+                cursor = Cursor::Since(from);
+                known_lost = lost;
+            }
+            Some(_) => return self.backplane_unavailable(req),
+        }
         let keys = &mut self.keys[..names.len()];
         let r = self.shared.store.subscribe(
             names,
-            sub.cursor,
+            cursor,
             park.then_some((self.group, keys)),
             self.now,
         );
@@ -238,23 +333,25 @@ impl Worker {
             return self.too_many_channels(req);
         };
         match r {
-            Subscribed::Ready { msg, lost } => {
-                self.out.clear();
-                respond::message_head(
-                    &mut self.out,
-                    &Event::from(&*msg),
-                    msg.content_type.as_deref(),
-                    &self.date,
-                );
-                self.out
-                    .extend_from_slice(respond::message_tail(lost, !req.keep_alive));
-                inc(&self.shared.stats.delivered);
-                Outcome::Respond {
-                    payload: Some(msg.payload.clone()),
-                    close: false,
-                }
+            Subscribed::Fetch if !fetched => {
+                // This node cannot vouch for the cursor on these channels: ask Redis
+                // (and subscribe there), then handle the request again.
+                let names: Vec<Box<str>> = names.iter().map(|n| Box::from(*n)).collect();
+                let c = sub.cursor;
+                self.to_backplane(key, |to| Job::Fetch {
+                    names,
+                    cursor: c,
+                    all: false,
+                    to,
+                });
+                Outcome::Deferred
             }
+            // Still not vouched for right after a read (the node dropped the channels
+            // meanwhile): the client retries.
+            Subscribed::Fetch => self.backplane_unavailable(req),
+            Subscribed::Ready { msg, lost } => self.deliver_now(req, &msg, lost || known_lost),
             Subscribed::Waiting { cursor, lost } if park => {
+                let lost = lost || known_lost;
                 self.link_waiter(key, names.len(), cursor);
                 self.step(
                     key,
@@ -282,11 +379,30 @@ impl Worker {
         }
     }
 
+    /// A long-poll answered at once with `msg`.
+    fn deliver_now(&mut self, req: &Request<'_>, msg: &Message, lost: bool) -> Outcome {
+        self.out.clear();
+        respond::message_head(
+            &mut self.out,
+            &Event::from(msg),
+            msg.content_type.as_deref(),
+            &self.date,
+        );
+        self.out
+            .extend_from_slice(respond::message_tail(lost, !req.keep_alive));
+        inc(&self.shared.stats.delivered);
+        Outcome::Respond {
+            payload: Some(msg.payload.clone()),
+            close: false,
+        }
+    }
+
     /// Turns the request into a stream: renders the head and every buffered message
     /// newer than the cursor, and has the store register it; `Worker::start_stream`
     /// writes that and links the connection like a parked poll.
     fn open_stream(
         &mut self,
+        key: usize,
         req: &Request<'_>,
         framing: Framing,
         names: &[&str],
@@ -295,6 +411,31 @@ impl Worker {
         self.out.clear();
         framing.head(&mut self.out, &self.date);
         let named = names.len() > 1;
+        let fetched = self.reply.is_some();
+        let mut known_lost = false;
+        match self.reply.take() {
+            None => {}
+            // Cluster mode: the replay read from Redis, then the cache from where it ends.
+            Some(Reply::Fetched {
+                messages,
+                lost,
+                cursor: from,
+            }) => {
+                let mut last = from;
+                for (i, msg) in messages.iter().enumerate() {
+                    if lost && i == 0 {
+                        framing.lost(&mut self.out, msg.id);
+                    }
+                    framing.message(&mut self.out, &Event::from(&**msg), named);
+                    inc(&self.shared.stats.delivered);
+                    last = msg.id;
+                }
+                // With nothing to replay, the gap is told with the next message.
+                known_lost = lost && messages.is_empty();
+                cursor = Cursor::Since(last);
+            }
+            Some(_) => return self.backplane_unavailable(req),
+        }
         let (last, lost) = loop {
             let keys = &mut self.keys[..names.len()];
             match self
@@ -303,6 +444,17 @@ impl Worker {
                 .subscribe(names, cursor, Some((self.group, keys)), self.now)
             {
                 Err(_) => return self.too_many_channels(req),
+                Ok(Subscribed::Fetch) if !fetched => {
+                    let names: Vec<Box<str>> = names.iter().map(|n| Box::from(*n)).collect();
+                    self.to_backplane(key, |to| Job::Fetch {
+                        names,
+                        cursor,
+                        all: true,
+                        to,
+                    });
+                    return Outcome::Deferred;
+                }
+                Ok(Subscribed::Fetch) => return self.backplane_unavailable(req),
                 Ok(Subscribed::Ready { msg, lost }) => {
                     if lost {
                         framing.lost(&mut self.out, msg.id);
@@ -314,7 +466,7 @@ impl Worker {
                 // Nothing newer: the store registered us on every channel. A gap seen
                 // now (a channel freed after losing messages newer than the cursor)
                 // is announced with the next message, as for a long-poll.
-                Ok(Subscribed::Waiting { cursor, lost }) => break (cursor, lost),
+                Ok(Subscribed::Waiting { cursor, lost }) => break (cursor, lost || known_lost),
             }
         };
         Outcome::Stream(StreamStart {

@@ -36,6 +36,17 @@ impl Worker {
             return;
         }
         match c.phase() {
+            Phase::Backplane => {
+                // The request stays buffered until the reply; a client that half-closed
+                // still gets its answer (a publish may already be carried out), and the
+                // timer bounds the wait either way.
+                if readable {
+                    self.read_input(key, MAX_BUFFERED_INPUT);
+                    if self.conns[key].is_dead() {
+                        self.close(key);
+                    }
+                }
+            }
             Phase::Parked | Phase::Stream(_) => {
                 // A stream whose backlog just drained gives its buffers back now, so an
                 // idle stream owns nothing but its slot.
@@ -267,6 +278,7 @@ impl Worker {
         if self.conns[key].is_waiting() {
             self.unpark(key);
         }
+        self.awaiting.remove(&key);
         self.wheel.cancel(&mut Slots(&mut self.conns), key as u32);
         let mut c = self.conns.remove(key);
         if let Some(io) = c.io.take() {

@@ -33,6 +33,7 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
+use super::backplane::{Backplane, Job, Reply, ReplyTo};
 use super::conn::{Action, Conn, Input, Phase, Slots, Timeouts};
 use super::reserve::Reserve;
 
@@ -45,6 +46,8 @@ pub const LISTEN_ADMIN: Token = Token(usize::MAX - 2);
 /// Everything the workers share.
 pub struct Shared {
     pub store: Store,
+    /// Cluster mode's Redis side (`None` standalone).
+    pub backplane: Option<Arc<Backplane>>,
     pub stats: Stats,
     pub mailboxes: Arc<Mailboxes>,
     pub shutdown: AtomicBool,
@@ -67,14 +70,33 @@ impl Shared {
     }
 
     pub fn snapshot(&self) -> Snapshot {
-        self.stats
-            .snapshot(&self.store.stats(), sys::rss_bytes(), self.max_connections)
+        let mut s =
+            self.stats
+                .snapshot(&self.store.stats(), sys::rss_bytes(), self.max_connections);
+        if let Some(bp) = &self.backplane {
+            let b = &bp.stats;
+            let ld =
+                |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+            s.fields.extend([
+                ("backplane_up", "gauge", u64::from(bp.up())),
+                ("backplane_reconnects", "counter", ld(&b.reconnects)),
+                ("backplane_catchups", "counter", ld(&b.catchups)),
+                ("backplane_fetches", "counter", ld(&b.fetches)),
+                ("backplane_received", "counter", ld(&b.received)),
+                ("backplane_publish_errors", "counter", ld(&b.publish_errors)),
+                ("backplane_channels", "gauge", ld(&b.channels)),
+                ("backplane_lag_us", "gauge", ld(&b.lag_us)),
+            ]);
+        }
+        s
     }
 }
 
 /// One worker's mailbox: notes pushed by publishers on any thread.
 struct Mailbox {
     notes: Mutex<Vec<Note>>,
+    /// The backplane's answers to this worker's requests (cluster mode).
+    replies: Mutex<Vec<(ReplyTo, Reply)>>,
     /// Set while the worker is awake and will drain its mailbox before it sleeps again,
     /// or after a wake-up was sent: either way no other wake-up is needed. A worker
     /// that publishes therefore never wakes itself with a syscall.
@@ -93,6 +115,7 @@ impl Mailboxes {
         for p in polls {
             v.push(Mailbox {
                 notes: Mutex::new(Vec::new()),
+                replies: Mutex::new(Vec::new()),
                 awake: AtomicBool::new(false),
                 waker: Waker::new(p.registry(), WAKER)?,
             });
@@ -112,6 +135,20 @@ impl Mailboxes {
 
     fn mailbox(&self, id: usize) -> &Mailbox {
         &self.0[id]
+    }
+
+    /// Hands a backplane reply to the worker that asked and wakes it if asleep.
+    pub fn reply(&self, to: ReplyTo, reply: Reply) {
+        let Some(m) = self.0.get(to.worker) else {
+            return;
+        };
+        m.replies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((to, reply));
+        if !m.awake.swap(true, SeqCst) {
+            let _ = m.waker.wake();
+        }
     }
 }
 
@@ -159,6 +196,12 @@ pub struct Worker {
     pub(super) now: u64,
     pub(super) next_gen: u32,
     notes: Vec<Note>,
+    replies: Vec<(ReplyTo, Reply)>,
+    /// Requests waiting for the backplane: connection slot → request number.
+    pub(super) awaiting: std::collections::HashMap<usize, u32>,
+    pub(super) next_seq: u32,
+    /// The backplane's reply for the request being handled again (routes take it).
+    pub(super) reply: Option<Reply>,
     /// Connections released by a delivery whose pipelined input must be handled.
     pub(super) resume: Vec<(u32, u32)>,
     pub(super) keys: [ChannelKey; MAX_CHANNELS_PER_SUB],
@@ -217,6 +260,10 @@ impl Worker {
             now,
             next_gen: 1,
             notes: Vec::new(),
+            replies: Vec::new(),
+            awaiting: std::collections::HashMap::new(),
+            next_seq: 1,
+            reply: None,
             resume: Vec::new(),
             keys: [ChannelKey::NONE; MAX_CHANNELS_PER_SUB],
             next_sweep: now + 1000,
@@ -332,6 +379,7 @@ impl Worker {
             }
             Action::Disarm => self.wheel.cancel(&mut Slots(&mut self.conns), key as u32),
             Action::AnswerTimeout => self.poll_timed_out(key),
+            Action::BackplaneTimeout => self.backplane_answered(key, Reply::Unavailable),
             Action::Heartbeat(ms) => self.heartbeat(key, ms),
             Action::Linger(ms) => self.start_linger(key, ms),
             Action::Close => self.close(key),
@@ -364,6 +412,25 @@ impl Worker {
         // sleeping worker and wakes it.
         me.awake.store(false, SeqCst);
         {
+            let mut replies = me.replies.lock().unwrap_or_else(|e| e.into_inner());
+            if !replies.is_empty() {
+                std::mem::swap(&mut *replies, &mut self.replies);
+            }
+        }
+        let mut replies = std::mem::take(&mut self.replies);
+        for (to, reply) in replies.drain(..) {
+            let current = self
+                .conns
+                .get(to.key)
+                .is_some_and(|c| c.gen() == to.gen && c.phase() == Phase::Backplane)
+                && self.awaiting.get(&to.key) == Some(&to.seq);
+            if current {
+                self.backplane_answered(to.key, reply);
+            }
+        }
+        self.replies = replies;
+        let me = self.shared.mailboxes.mailbox(self.id);
+        {
             let mut notes = me.notes.lock().unwrap_or_else(|e| e.into_inner());
             if notes.is_empty() {
                 return;
@@ -382,6 +449,37 @@ impl Worker {
             }
         }
         self.notes = notes;
+    }
+
+    /// Queues `job` for the backplane on behalf of the request at the front of `key`,
+    /// which waits for the reply in `Phase::Backplane`.
+    pub(super) fn to_backplane(&mut self, key: usize, job: impl FnOnce(ReplyTo) -> Job) {
+        let Some(bp) = self.shared.backplane.clone() else {
+            return;
+        };
+        let seq = self.next_seq;
+        self.next_seq = self.next_seq.wrapping_add(1);
+        self.awaiting.insert(key, seq);
+        let to = ReplyTo {
+            worker: self.id,
+            key,
+            gen: self.conns[key].gen(),
+            seq,
+        };
+        bp.submit(job(to));
+        // A little past the backplane's own deadline, so its 503 usually comes first.
+        let ms = bp.timeout().as_millis() as u64 + 500;
+        self.step(key, Input::Deferred { ms });
+    }
+
+    /// The backplane answered (or its timer fired): handle the request at the front
+    /// again with the reply, then go on with the connection.
+    pub(super) fn backplane_answered(&mut self, key: usize, reply: Reply) {
+        self.awaiting.remove(&key);
+        self.step(key, Input::Resumed);
+        self.reply = Some(reply);
+        self.drive(key);
+        self.reply = None;
     }
 
     fn resume_released(&mut self) {

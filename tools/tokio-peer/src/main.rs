@@ -39,6 +39,12 @@ fn main() -> ExitCode {
         eprintln!("holdfast-tokio: {msg}");
         return ExitCode::from(2);
     }
+    if cfg.redis.is_some() {
+        // The peer is the single-node comparison point (README); cluster mode is the
+        // mio server's alone.
+        eprintln!("holdfast-tokio: --redis: the tokio peer has no cluster mode");
+        return ExitCode::from(2);
+    }
     let threads = cfg.thread_count();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)

@@ -34,6 +34,10 @@ use crate::respond::{self, Body};
 use crate::server::App;
 use crate::stream::{Start, StreamBody, StreamGuard};
 
+/// The peer's store is built standalone (`Store::new`), which answers every subscribe
+/// itself; only a cluster node's store asks for a backplane read.
+const STANDALONE: &str = "a standalone store never answers Subscribed::Fetch";
+
 const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
 
 pub async fn handle(
@@ -119,6 +123,7 @@ async fn long_poll(
             Ok(Subscribed::Ready { msg, lost }) => deliver(app, &msg, lost),
             Ok(Subscribed::Waiting { .. }) if shutting_down => respond::shutting_down(),
             Ok(Subscribed::Waiting { cursor, .. }) => timed_out(app, cursor),
+            Ok(Subscribed::Fetch) => unreachable!("{}", STANDALONE),
             Err(_) => respond::too_many_channels(),
         };
     }
@@ -134,6 +139,7 @@ async fn long_poll(
     ) {
         Ok(Subscribed::Ready { msg, lost }) => return deliver(app, &msg, lost),
         Ok(Subscribed::Waiting { cursor, .. }) => cursor,
+        Ok(Subscribed::Fetch) => unreachable!("{}", STANDALONE),
         Err(_) => return respond::too_many_channels(),
     };
     inc(&app.stats.parked);
@@ -211,6 +217,7 @@ fn open_stream(
             // Nothing newer: the store has registered the stream on every channel. A gap
             // seen now is announced with the next message.
             Ok(Subscribed::Waiting { cursor, lost }) => break (cursor, lost),
+            Ok(Subscribed::Fetch) => unreachable!("{}", STANDALONE),
         }
     };
     let (cursor, lost) = cursor;
