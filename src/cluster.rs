@@ -11,7 +11,7 @@
 //! | `P:id` | string | the newest id issued by any node |
 //! | `P:epoch` | string | the first id issued since Redis's data began (it changes when Redis comes back empty) |
 //! | `P:s:{ch}` | stream | the channel's buffer: entry `{id}-0`, fields `t` (content type, optional) and `d` (payload); `PEXPIRE` = the message TTL |
-//! | `P:c:{ch}` | hash | `last` (newest id published) and `lost` (newest id no longer buffered); `PEXPIRE` = TTL + [`META_GRACE_MS`] |
+//! | `P:c:{ch}` | hash | `last` (newest id published), `lost` (newest id no longer buffered), `del` (deleted since its last publish); `PEXPIRE` = TTL + [`META_GRACE_MS`] |
 //! | `P:p:{ch}` | pub/sub channel | one envelope per publish or delete |
 //!
 //! Invariants the scripts keep (each runs atomically inside Redis):
@@ -139,6 +139,7 @@ else
 end
 local lost = trim(KEYS[3], KEYS[4], now, tonumber(ARGV[2]), tonumber(ARGV[3]))
 redis.call('HSET', KEYS[4], 'last', ids)
+redis.call('HDEL', KEYS[4], 'del')
 redis.call('PEXPIRE', KEYS[3], ARGV[2])
 redis.call('PEXPIRE', KEYS[4], ARGV[4])
 local floor = math.max(lost, epoch - 1)
@@ -150,21 +151,25 @@ return {ids, nodes, redis.call('XLEN', KEYS[3]), fmt(epoch)}
 "#;
 
 /// Delete. KEYS: id, epoch, stream, meta. ARGV: pub/sub channel, metadata TTL ms.
-/// Returns 1 if the channel existed (buffered messages, or a node subscribed to it).
+/// Returns 1 if the channel existed: it had buffered messages, or a node is subscribed
+/// to it and it was not deleted since its last publish (nodes stay subscribed a few
+/// seconds after their last subscriber leaves). Nodes are told whenever one is
+/// subscribed, so a subscriber that arrived after an earlier delete is ended too.
 const DELETE_BODY: &str = r#"
-local existed = redis.call('EXISTS', KEYS[3]) == 1
+local buffered = redis.call('EXISTS', KEYS[3]) == 1
 local subs = redis.call('PUBSUB', 'NUMSUB', ARGV[1])
-if tonumber(subs[2]) > 0 then existed = true end
-if not existed then return 0 end
+local held = tonumber(subs[2]) > 0
+local existed = buffered or (held and redis.call('HGET', KEYS[4], 'del') ~= '1')
+if not (buffered or held) then return 0 end
 local last = tonumber(redis.call('HGET', KEYS[4], 'last') or '0')
 redis.call('DEL', KEYS[3])
-if last > 0 then
-  redis.call('HSET', KEYS[4], 'lost', fmt(last))
-  redis.call('PEXPIRE', KEYS[4], ARGV[2])
-end
+redis.call('HSET', KEYS[4], 'del', '1')
+if last > 0 then redis.call('HSET', KEYS[4], 'lost', fmt(last)) end
+redis.call('PEXPIRE', KEYS[4], ARGV[2])
 local epoch = epoch_of(KEYS[2], math.max(tonumber(redis.call('GET', KEYS[1]) or '0') + 1, now_us()))
 redis.call('PUBLISH', ARGV[1], 'D ' .. fmt(last) .. ' ' .. fmt(epoch) .. '\n')
-return 1
+if existed then return 1 end
+return 0
 "#;
 
 /// Read. KEYS: id, epoch, then stream and meta of each channel. ARGV: cursor (`L`: the

@@ -60,6 +60,23 @@ const CATCH_UP_CHUNK: usize = 256;
 /// Messages held by the reader during a catch-up before the connection is given up.
 const HELD_MAX: usize = 1_000_000;
 
+/// What a reader does with a message, decided under one lock shared with control.
+enum Feed {
+    /// Hold it: control is catching up and will apply it afterwards.
+    Hold(Vec<(String, Vec<u8>)>),
+    /// Apply it now.
+    Live,
+    /// This connection was given up: apply nothing more from it (a newer connection's
+    /// catch-up may already have gone past what it still delivers).
+    Dead,
+}
+
+type SharedFeed = Arc<Mutex<Feed>>;
+
+fn lock_feed(f: &SharedFeed) -> MutexGuard<'_, Feed> {
+    f.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Who a reply is for: a connection slot, its generation and the request's number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReplyTo {
@@ -299,7 +316,7 @@ struct Sub {
     id: u64,
     writer: TcpStream,
     /// Messages the reader holds until the catch-up is done (`None`: apply directly).
-    held: Arc<Mutex<Option<Vec<(String, Vec<u8>)>>>>,
+    feed: SharedFeed,
     caught_up: bool,
     ping_sent: Option<Instant>,
     last_pong: Instant,
@@ -466,6 +483,7 @@ impl Control {
     fn drop_sub(&mut self, why: &str) {
         if let Some(sub) = self.sub.take() {
             eprintln!("holdfast: redis: subscription connection {why}; reconnecting");
+            *lock_feed(&sub.feed) = Feed::Dead;
             let _ = sub.writer.shutdown(Shutdown::Both);
         }
         self.bp.up.store(false, SeqCst);
@@ -562,12 +580,12 @@ impl Control {
             self.bp.stats.reconnects.fetch_add(1, Relaxed);
         }
         self.connected_once = true;
-        let held = Arc::new(Mutex::new(Some(Vec::new())));
+        let feed = Arc::new(Mutex::new(Feed::Hold(Vec::new())));
         let now = Instant::now();
         let mut sub = Sub {
             id,
             writer: stream,
-            held: held.clone(),
+            feed: feed.clone(),
             caught_up: false,
             ping_sent: None,
             last_pong: now,
@@ -599,7 +617,7 @@ impl Control {
         let shared = self.shared.clone();
         let spawned = std::thread::Builder::new()
             .name("holdfast-redis-sub".into())
-            .spawn(move || read_loop(id, read_half, shared, held));
+            .spawn(move || read_loop(id, read_half, shared, feed));
         if spawned.is_err() {
             let _ = sub.writer.shutdown(Shutdown::Both);
             return;
@@ -791,7 +809,7 @@ impl Control {
             return;
         };
         // Hold the reader while the missed messages go in, then release what it held.
-        let mut held = sub.held.lock().unwrap_or_else(|e| e.into_inner());
+        let mut feed = lock_feed(&sub.feed);
         for (id, i, ct, payload) in missed {
             let _ = store.append(
                 &names[i],
@@ -802,12 +820,12 @@ impl Control {
                 0,
             );
         }
-        if let Some(v) = held.take() {
+        if let Feed::Hold(v) = std::mem::replace(&mut *feed, Feed::Live) {
             for (name, payload) in v {
                 self.bp.apply(&self.shared, &name, &payload);
             }
         }
-        drop(held);
+        drop(feed);
         sub.caught_up = true;
         self.bp.stats.catchups.fetch_add(1, Relaxed);
     }
@@ -1027,12 +1045,7 @@ fn reply(shared: &Shared, to: ReplyTo, r: Reply) {
 }
 
 /// The reader thread of one pub/sub connection.
-fn read_loop(
-    id: u64,
-    stream: TcpStream,
-    shared: Arc<Shared>,
-    held: Arc<Mutex<Option<Vec<(String, Vec<u8>)>>>>,
-) {
+fn read_loop(id: u64, stream: TcpStream, shared: Arc<Shared>, feed: SharedFeed) {
     let Some(bp) = shared.backplane.clone() else {
         return;
     };
@@ -1054,6 +1067,11 @@ fn read_loop(
                 eprintln!("holdfast: redis: subscription refused: {e:?}");
                 break;
             }
+            // The probe's answer while subscribed to nothing (not in pub/sub mode).
+            Value::SimpleString(s) if s.eq_ignore_ascii_case("pong") => {
+                bp.event(Event::Pong(id));
+                continue;
+            }
             _ => continue,
         };
         let kind = items.first().and_then(bulk).unwrap_or_default();
@@ -1067,9 +1085,9 @@ fn read_loop(
                 let Some(name) = bp.keys.channel_of(ch) else {
                     continue;
                 };
-                let mut h = held.lock().unwrap_or_else(|e| e.into_inner());
-                match h.as_mut() {
-                    Some(v) => {
+                let mut f = lock_feed(&feed);
+                match &mut *f {
+                    Feed::Hold(v) => {
                         if v.len() >= HELD_MAX {
                             break;
                         }
@@ -1077,7 +1095,8 @@ fn read_loop(
                     }
                     // Applied under the lock, so control's release of the held
                     // messages and this stay in order.
-                    None => bp.apply(&shared, name, payload),
+                    Feed::Live => bp.apply(&shared, name, payload),
+                    Feed::Dead => return,
                 }
             }
             b"subscribe" => {
