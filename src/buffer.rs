@@ -147,6 +147,20 @@ impl Io {
         }
     }
 
+    /// Puts `input` back in front of whatever is buffered, as unhandled input, and
+    /// forgets the framing state: the request at its front is framed afresh.
+    pub fn unread(&mut self, input: &[u8]) {
+        self.compact();
+        let need = self.rend + input.len();
+        if self.rbuf.len() < need {
+            self.rbuf.resize(need, 0);
+        }
+        self.rbuf.copy_within(0..self.rend, input.len());
+        self.rbuf[..input.len()].copy_from_slice(input);
+        self.rend = need;
+        self.framer.reset();
+    }
+
     /// Drops all buffered input and any body in progress: nothing after it is trusted
     /// to be a request.
     pub fn discard_input(&mut self) {
@@ -374,5 +388,27 @@ mod tests {
         assert!(io.input().is_empty());
         assert_eq!((io.rpos, io.rend), (0, 0));
         assert!(!io.has_input(), "no body expected any more");
+    }
+
+    #[test]
+    fn unhandled_input_goes_out_and_back_in_front() {
+        let mut io = Io::default();
+        let mut src: &[u8] = b"GET /a HTTP/1.1\r\n\r\nGET /b";
+        io.read_from(&mut src, 1024).unwrap();
+        let saved = io.input().to_vec();
+        io.discard_input();
+        let mut more: &[u8] = b" HTTP/1.1\r\n\r\n";
+        io.read_from(&mut more, 1024).unwrap();
+        io.unread(&saved);
+        assert_eq!(
+            io.input(),
+            b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n"
+        );
+        match io.frame(0) {
+            crate::http::framing::Framed::Request { req, len, .. } => {
+                assert_eq!((req.path, len), (&b"/a"[..], 19));
+            }
+            _ => panic!("the first request is framed again"),
+        }
     }
 }

@@ -692,6 +692,22 @@ impl Store {
         }
     }
 
+    /// Cluster mode: where this store's view of all of `names` begins (the largest of
+    /// their marks), if it has one for each.
+    pub fn covered_from(&self, names: &[&str]) -> Option<u64> {
+        let g = self.lock();
+        let covered = g.covered.as_ref()?;
+        names
+            .iter()
+            .map(|n| covered.get(*n).copied())
+            .try_fold(0, |acc, k| Some(acc.max(k?)))
+    }
+
+    /// The newest id this store has seen.
+    pub fn last_id(&self) -> u64 {
+        self.lock().last_id
+    }
+
     /// Cluster mode: forget the view of `name` if nobody here subscribes to it (the
     /// backplane is about to stop receiving it). False if it has subscribers.
     pub fn uncover(&self, name: &str) -> bool {
@@ -832,7 +848,12 @@ impl Store {
         }
         let cursor = match cursor {
             Cursor::Since(c) => c,
-            Cursor::Latest => inner.last_id,
+            // In cluster mode "now" is also at least where each channel's view begins:
+            // what came before that was published before this request.
+            Cursor::Latest => names
+                .iter()
+                .filter_map(|n| inner.covered.as_ref()?.get(*n).copied())
+                .fold(inner.last_id, u64::max),
         };
         let mut best: Option<&Arc<Message>> = None;
         for name in names {

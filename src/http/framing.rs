@@ -31,6 +31,11 @@ pub struct Framer {
     continue_sent: bool,
     /// The decoded body of a complete chunked request (lent out by [`Framed::Request`]).
     decoded: Vec<u8>,
+    /// That request's raw body bytes still in the input, once it is complete: framing
+    /// the same input again (a request handled a second time, as cluster mode does
+    /// after a backplane reply) gives the same request, although decoded chunk framing
+    /// has been cut from the input meanwhile.
+    complete: Option<usize>,
 }
 
 /// How far the body of the request at the front of the input has arrived.
@@ -81,6 +86,7 @@ impl Framer {
         self.scanned = 0;
         self.body = None;
         self.continue_sent = false;
+        self.complete = None;
         // A large decoded body is not kept for the connection's next request.
         if self.decoded.capacity() > 0 {
             self.decoded = Vec::new();
@@ -136,6 +142,13 @@ impl Framer {
                 }
             }
             BodyLen::Chunked => {
+                if let Some(used) = self.complete {
+                    return Framed::Request {
+                        req,
+                        body: &self.decoded,
+                        len: head_len + used,
+                    };
+                }
                 let (mut decoder, mut used, mut body) = match self.body.take() {
                     Some(BodyProgress::Chunked {
                         decoder,
@@ -162,6 +175,7 @@ impl Framer {
                     return partial(expect, cut);
                 }
                 self.decoded = body;
+                self.complete = Some(used);
                 Framed::Request {
                     req,
                     body: &self.decoded,
@@ -212,7 +226,22 @@ mod tests {
                     }
                     Framed::Request { req, body, len } => {
                         let path = String::from_utf8_lossy(req.path).into_owned();
-                        out.push((path, body.to_vec()));
+                        let body = body.to_vec();
+                        // Framed again before it is consumed (cluster mode handles a
+                        // request a second time after a backplane reply): the same.
+                        match f.next(&buf, max) {
+                            Framed::Request {
+                                req: r2,
+                                body: b2,
+                                len: l2,
+                            } => assert_eq!(
+                                (r2.path, b2, l2),
+                                (path.as_bytes(), &body[..], len),
+                                "framed twice"
+                            ),
+                            _ => panic!("framed twice: not the same request"),
+                        }
+                        out.push((path, body));
                         buf.drain(..len);
                         f.reset();
                     }

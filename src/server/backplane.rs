@@ -348,6 +348,8 @@ struct Control {
     waiting: Vec<(Instant, Job)>,
     next_reconcile: Instant,
     unheld: HashSet<String>,
+    /// Channels acknowledged on a caught-up connection whose view is not marked yet.
+    acked: Vec<String>,
 }
 
 fn bulk(v: &Value) -> Option<&[u8]> {
@@ -404,6 +406,7 @@ impl Control {
             waiting: Vec::new(),
             next_reconcile: now + RECONCILE_EVERY,
             unheld: HashSet::new(),
+            acked: Vec::new(),
         }
     }
 
@@ -445,6 +448,7 @@ impl Control {
             self.run_writes(writes);
             self.subscribe_waiting();
             self.catch_up_if_ready();
+            self.mark_acked();
             self.run_fetches();
             self.probe();
             self.reconcile();
@@ -463,6 +467,7 @@ impl Control {
             Event::Acked(id, name) if Some(id) == current => {
                 if let Some(s) = self.subscribed.get_mut(&name) {
                     *s = SubState::Acked;
+                    self.acked.push(name);
                 }
             }
             Event::Pong(id) if Some(id) == current => {
@@ -639,7 +644,7 @@ impl Control {
             return;
         };
         let keys = &self.bp.keys;
-        let node_last = self.shared.store.stats().last_id;
+        let node_last = self.shared.store.last_id();
         let meta_ttl = self.bp.ttl_ms + cluster::META_GRACE_MS;
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
@@ -771,8 +776,8 @@ impl Control {
             return;
         }
         let names: Vec<String> = self.subscribed.keys().cloned().collect();
-        let from = self.shared.store.stats().last_id;
-        let mut missed: Vec<(u64, usize, Option<Vec<u8>>, Vec<u8>)> = Vec::new();
+        let from = self.shared.store.last_id();
+        let mut missed: Vec<cluster::Entry> = Vec::new();
         let mut newest = String::new();
         // The first read fixes `R`; the others are bounded by it, so the whole catch-up
         // is one consistent range however many calls it takes.
@@ -796,13 +801,12 @@ impl Control {
             for (name, floor) in refs.iter().zip(&f.floors) {
                 self.shared.store.raise_floor(name, *floor);
             }
-            missed.extend(
-                f.entries
-                    .into_iter()
-                    .map(|e| (e.id, base + e.channel, e.content_type, e.payload)),
-            );
+            missed.extend(f.entries.into_iter().map(|mut e| {
+                e.channel += base;
+                e
+            }));
         }
-        missed.sort_by_key(|m| m.0);
+        missed.sort_by_key(|m| m.id);
         let now = self.shared.now_ms();
         let store = &self.shared.store;
         let Some(sub) = self.sub.as_mut() else {
@@ -810,12 +814,12 @@ impl Control {
         };
         // Hold the reader while the missed messages go in, then release what it held.
         let mut feed = lock_feed(&sub.feed);
-        for (id, i, ct, payload) in missed {
+        for e in missed {
             let _ = store.append(
-                &names[i],
-                id,
-                ct.map(Bytes::from),
-                Bytes::from(payload),
+                &names[e.channel],
+                e.id,
+                e.content_type.map(Bytes::from),
+                Bytes::from(e.payload),
                 now,
                 0,
             );
@@ -828,6 +832,24 @@ impl Control {
         drop(feed);
         sub.caught_up = true;
         self.bp.stats.catchups.fetch_add(1, Relaxed);
+    }
+
+    /// Newly acknowledged channels: one read of `P:id` (= `R`) for all of them, and
+    /// the cache vouches for them from `R` on (every later message reaches this node).
+    /// Requests that arrive meanwhile for the same channels need no read of their own.
+    fn mark_acked(&mut self) {
+        if self.acked.is_empty() || !self.sub.as_ref().is_some_and(|s| s.caught_up) {
+            return;
+        }
+        let names = std::mem::take(&mut self.acked);
+        let refs: Vec<&str> = names
+            .iter()
+            .filter(|n| self.subscribed.get(*n) == Some(&SubState::Acked))
+            .map(String::as_str)
+            .collect();
+        if let Some(f) = self.fetch(&[], None, 0, "") {
+            self.shared.store.cover(&refs, f.newest);
+        }
     }
 
     /// Answers the fetches whose channels are all acknowledged on a caught-up
@@ -859,6 +881,19 @@ impl Control {
                 Cursor::Since(c) => Some(*c),
                 Cursor::Latest => None,
             };
+            // The cache vouches for it by now (an earlier read or acknowledgement):
+            // the worker answers it from there.
+            if let Some(k) = self.shared.store.covered_from(&refs) {
+                if c.is_none_or(|c| c >= k) {
+                    let r = Reply::Fetched {
+                        messages: Vec::new(),
+                        lost: false,
+                        cursor: c.unwrap_or_else(|| k.max(self.shared.store.last_id())),
+                    };
+                    reply(&self.shared, *to, r);
+                    continue;
+                }
+            }
             let per = if *all { self.bp.cap } else { 1 };
             let Some(mut f) = self.fetch(&refs, c, per, "") else {
                 reply(&self.shared, *to, Reply::Unavailable);

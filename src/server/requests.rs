@@ -5,6 +5,7 @@
 //! rate-limited log line.
 
 use holdfast::http::framing::{Framed, CHUNKED_OVERHEAD};
+use holdfast::http::parse::BodyLen;
 use holdfast::http::respond;
 
 use super::conn::{Input, Phase};
@@ -76,7 +77,7 @@ impl Worker {
     fn handle_buffered(&mut self, key: usize) -> bool {
         let mut io = self.take_io(key);
         let max = self.shared.max_message_size;
-        let (outcome, len, keep_alive) = match io.frame(max) {
+        let (outcome, len, keep_alive, has_body) = match io.frame(max) {
             Framed::Partial { send_continue, cut } => {
                 if let Some(cut) = cut {
                     io.cut(cut);
@@ -113,12 +114,23 @@ impl Worker {
                 {
                     self.handling = None;
                 }
-                (outcome, len, req.keep_alive)
+                let has_body = !matches!(req.body, BodyLen::None);
+                (outcome, len, req.keep_alive, has_body)
             }
         };
         if matches!(outcome, Outcome::Deferred) {
-            // Handled again, from the buffer, when the backplane replies.
+            // Handled again, from the buffer, when the backplane replies. A request
+            // without a body (a subscribe) gives its buffers back meanwhile and keeps a
+            // copy of its bytes, so a burst of first requests for channels this node
+            // does not hold yet does not pin a read buffer each.
+            if !has_body && !io.has_output() {
+                if let Some(a) = self.awaiting.get_mut(&key) {
+                    a.1 = Some(io.input().into());
+                    io.discard_input();
+                }
+            }
             self.conns[key].io = Some(io);
+            self.release_io(key);
             return true;
         }
         io.consume(len);

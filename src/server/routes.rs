@@ -203,7 +203,7 @@ impl Worker {
             return match self.reply.take() {
                 None => {
                     let payload = Bytes::copy_from_slice(body);
-                    self.to_backplane(key, |to| Job::Publish {
+                    self.defer_to_backplane(key, |to| Job::Publish {
                         channel: ch.into(),
                         content_type: ct,
                         payload,
@@ -271,7 +271,7 @@ impl Worker {
         if self.shared.backplane.is_some() {
             return match self.reply.take() {
                 None => {
-                    self.to_backplane(key, |to| Job::Delete {
+                    self.defer_to_backplane(key, |to| Job::Delete {
                         channel: ch.into(),
                         to,
                     });
@@ -338,7 +338,7 @@ impl Worker {
                 // (and subscribe there), then handle the request again.
                 let names: Vec<Box<str>> = names.iter().map(|n| Box::from(*n)).collect();
                 let c = sub.cursor;
-                self.to_backplane(key, |to| Job::Fetch {
+                self.defer_to_backplane(key, |to| Job::Fetch {
                     names,
                     cursor: c,
                     all: false,
@@ -446,7 +446,7 @@ impl Worker {
                 Err(_) => return self.too_many_channels(req),
                 Ok(Subscribed::Fetch) if !fetched => {
                     let names: Vec<Box<str>> = names.iter().map(|n| Box::from(*n)).collect();
-                    self.to_backplane(key, |to| Job::Fetch {
+                    self.defer_to_backplane(key, |to| Job::Fetch {
                         names,
                         cursor,
                         all: true,

@@ -44,6 +44,8 @@ impl Worker {
                     self.read_input(key, MAX_BUFFERED_INPUT);
                     if self.conns[key].is_dead() {
                         self.close(key);
+                    } else {
+                        self.release_io(key);
                     }
                 }
             }

@@ -43,6 +43,13 @@ pub const WAKER: Token = Token(usize::MAX);
 pub const LISTEN_PUBLIC: Token = Token(usize::MAX - 1);
 pub const LISTEN_ADMIN: Token = Token(usize::MAX - 2);
 
+/// A request waiting for the backplane: its number, and the connection's unhandled
+/// input if it gave its buffers back meanwhile.
+pub(super) type Awaiting = (u32, Option<Box<[u8]>>);
+
+/// Tables sized by a burst of backplane replies are shrunk back to this many entries.
+const SHRINK_ABOVE: usize = 256;
+
 /// Everything the workers share.
 pub struct Shared {
     pub store: Store,
@@ -197,8 +204,9 @@ pub struct Worker {
     pub(super) next_gen: u32,
     notes: Vec<Note>,
     replies: Vec<(ReplyTo, Reply)>,
-    /// Requests waiting for the backplane: connection slot → request number.
-    pub(super) awaiting: std::collections::HashMap<usize, u32>,
+    /// Requests waiting for the backplane: connection slot → request number, and the
+    /// connection's unhandled input if it gave its buffers back meanwhile.
+    pub(super) awaiting: std::collections::HashMap<usize, Awaiting>,
     pub(super) next_seq: u32,
     /// The backplane's reply for the request being handled again (routes take it).
     pub(super) reply: Option<Reply>,
@@ -418,14 +426,23 @@ impl Worker {
             }
         }
         let mut replies = std::mem::take(&mut self.replies);
+        let burst = replies.len() > SHRINK_ABOVE;
         for (to, reply) in replies.drain(..) {
             let current = self
                 .conns
                 .get(to.key)
                 .is_some_and(|c| c.gen() == to.gen && c.phase() == Phase::Backplane)
-                && self.awaiting.get(&to.key) == Some(&to.seq);
+                && self.awaiting.get(&to.key).is_some_and(|a| a.0 == to.seq);
             if current {
                 self.backplane_answered(to.key, reply);
+            }
+        }
+        if burst {
+            // A burst of first requests for channels not held yet: give its tables
+            // back rather than keep them at their peak for good.
+            replies.shrink_to(SHRINK_ABOVE);
+            if self.awaiting.len() < SHRINK_ABOVE {
+                self.awaiting.shrink_to(SHRINK_ABOVE);
             }
         }
         self.replies = replies;
@@ -453,13 +470,13 @@ impl Worker {
 
     /// Queues `job` for the backplane on behalf of the request at the front of `key`,
     /// which waits for the reply in `Phase::Backplane`.
-    pub(super) fn to_backplane(&mut self, key: usize, job: impl FnOnce(ReplyTo) -> Job) {
+    pub(super) fn defer_to_backplane(&mut self, key: usize, job: impl FnOnce(ReplyTo) -> Job) {
         let Some(bp) = self.shared.backplane.clone() else {
             return;
         };
         let seq = self.next_seq;
         self.next_seq = self.next_seq.wrapping_add(1);
-        self.awaiting.insert(key, seq);
+        self.awaiting.insert(key, (seq, None));
         let to = ReplyTo {
             worker: self.id,
             key,
@@ -475,7 +492,11 @@ impl Worker {
     /// The backplane answered (or its timer fired): handle the request at the front
     /// again with the reply, then go on with the connection.
     pub(super) fn backplane_answered(&mut self, key: usize, reply: Reply) {
-        self.awaiting.remove(&key);
+        if let Some((_, Some(input))) = self.awaiting.remove(&key) {
+            let mut io = self.take_io(key);
+            io.unread(&input);
+            self.conns[key].io = Some(io);
+        }
         self.step(key, Input::Resumed);
         self.reply = Some(reply);
         self.drive(key);
