@@ -177,6 +177,10 @@ pub struct Backplane {
     stop: AtomicBool,
     /// The Redis epoch last seen (0: none yet).
     epoch: AtomicU64,
+    /// The newest id this node has seen issued (its own publishes, reads of `P:id`):
+    /// every publish asks Redis for an id above it, so ids never go behind what this
+    /// node delivered, even if Redis lost `P:id`.
+    seen: AtomicU64,
     pub stats: BackplaneStats,
 }
 
@@ -193,6 +197,7 @@ impl Backplane {
             up: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             epoch: AtomicU64::new(0),
+            seen: AtomicU64::new(0),
             stats: BackplaneStats::default(),
         }
     }
@@ -644,7 +649,7 @@ impl Control {
             return;
         };
         let keys = &self.bp.keys;
-        let node_last = self.shared.store.last_id();
+        let node_last = self.shared.store.last_id().max(self.bp.seen.load(SeqCst));
         let meta_ttl = self.bp.ttl_ms + cluster::META_GRACE_MS;
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
@@ -681,7 +686,8 @@ impl Control {
                         .arg(keys.stream(channel))
                         .arg(keys.meta(channel))
                         .arg(keys.pubsub(channel))
-                        .arg(meta_ttl);
+                        .arg(meta_ttl)
+                        .arg(node_last);
                 }
                 Job::Fetch { .. } => unreachable!("fetches are not pipelined"),
             }
@@ -694,6 +700,7 @@ impl Control {
                             match (int(&a[0]), int(&a[1]), int(&a[2]), int(&a[3])) {
                                 (Some(id), Some(nodes), Some(buffered), Some(epoch)) => {
                                     self.bp.see_epoch(&self.shared, epoch);
+                                    self.bp.seen.fetch_max(id, SeqCst);
                                     Reply::Published {
                                         id,
                                         nodes,
@@ -1049,10 +1056,12 @@ impl Control {
             Some(x) => c.arg(x),
             None => c.arg("L"),
         };
+        let node_last = self.shared.store.last_id().max(self.bp.seen.load(SeqCst));
         c.arg(per_channel)
             .arg(self.bp.ttl_ms)
             .arg(self.bp.ttl_ms + cluster::META_GRACE_MS)
-            .arg(newest);
+            .arg(newest)
+            .arg(node_last);
         match c.query::<Value>(con) {
             Ok(v) => {
                 let f = cluster::parse_fetch(
@@ -1064,6 +1073,7 @@ impl Control {
                 }
                 let f = f?;
                 self.bp.see_epoch(&self.shared, f.epoch);
+                self.bp.seen.fetch_max(f.newest, SeqCst);
                 Some(f)
             }
             Err(e) => {
