@@ -53,3 +53,11 @@ pub mod nginx;
 /// malformed_input.rs).
 #[allow(dead_code)]
 pub mod fuzzing;
+
+/// A real `redis-server` on a free port, stopped, restarted, frozen (cluster.rs).
+#[allow(dead_code)]
+pub mod redis;
+
+/// Several holdfast nodes in cluster mode on one Redis (cluster.rs).
+#[allow(dead_code)]
+pub mod cluster;
