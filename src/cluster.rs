@@ -17,10 +17,14 @@
 //! Invariants the scripts keep (each runs atomically inside Redis):
 //! - An id is `max(P:id + 1, Redis's clock in µs, the publishing node's newest id + 1)`:
 //!   strictly increasing across all channels and nodes, at or above the wall clock, and
-//!   never behind what a node has already seen, even if Redis lost `P:id`. Without
-//!   `P:id` (Redis came back empty) the next id is one second of ids above the clock and
-//!   the node's newest, and it becomes the new epoch: ids issued before the loss stay
-//!   below it unless they had run more than a second ahead of the clock.
+//!   never behind what a node has already seen, even if Redis lost `P:id`.
+//! - Redis lost data when `P:id` or `P:epoch` is missing (it came back empty) or `P:id`
+//!   is below the newest id the asking node has seen (it came back from an older
+//!   snapshot, or a lagging replica took over). Any script that notices starts a new
+//!   epoch one second of ids above the clock and everything the node saw, with `P:id`
+//!   just under it: ids issued before the loss stay below the epoch unless they had run
+//!   more than a second ahead of what that node saw, and every cursor below it is told
+//!   of a gap.
 //! - The id is assigned, the message buffered and the envelope published in one script,
 //!   so every node subscribed to the channel receives envelopes in id order on its one
 //!   pub/sub connection, and a read of `P:id` after a subscription is confirmed marks
@@ -91,24 +95,18 @@ local function now_us()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
--- The next id: above P:id (key k), the clock, and the newest id the asking node has
--- seen. With no P:id (Redis's data began again, or never existed) a second of ids
--- above that, so ids issued before a loss stay below the new epoch even if they had
--- run a little ahead of the clock.
-local function next_id(k, node_last, now)
+-- The epoch (key ke), checked against P:id (key k) and the newest id the asking node
+-- has seen. Redis lost data if either key is missing (it came back empty, or never
+-- had any) or P:id is below what the node saw (it came back from an older snapshot):
+-- a new epoch then begins one second of ids above the clock and everything seen, so
+-- ids issued before the loss stay below it, and P:id is set just under it.
+local function epoch_of(k, ke, node_last, now)
   local cur = redis.call('GET', k)
-  if cur then return math.max(tonumber(cur) + 1, now, node_last + 1) end
-  return math.max(now, node_last + 1) + 1000000
-end
--- The epoch (key ke): set to `first` if Redis has none (its data began now), and P:id
--- (key k) raised so that every later id is at or above it.
-local function epoch_of(k, ke, first)
   local e = redis.call('GET', ke)
-  if e then return tonumber(e) end
+  if cur and e and tonumber(cur) >= node_last then return tonumber(e) end
+  local first = math.max(now, node_last + 1, tonumber(cur or '0') + 1) + 1000000
   redis.call('SET', ke, fmt(first))
-  if tonumber(redis.call('GET', k) or '0') < first - 1 then
-    redis.call('SET', k, fmt(first - 1))
-  end
+  redis.call('SET', k, fmt(first - 1))
   return first
 end
 -- Trims stream s (metadata m) of entries older than the TTL and, if cap is given,
@@ -142,10 +140,10 @@ end
 /// channel. Returns `{id, nodes that received it, buffered, epoch}`.
 const PUBLISH_BODY: &str = r#"
 local now = now_us()
-local id = next_id(KEYS[1], tonumber(ARGV[1]), now)
+local epoch = epoch_of(KEYS[1], KEYS[2], tonumber(ARGV[1]), now)
+local id = math.max(tonumber(redis.call('GET', KEYS[1])) + 1, now, tonumber(ARGV[1]) + 1)
 local ids = fmt(id)
 redis.call('SET', KEYS[1], ids)
-local epoch = epoch_of(KEYS[1], KEYS[2], id)
 if ARGV[6] == '1' then
   redis.call('XADD', KEYS[3], ids .. '-0', 't', ARGV[5], 'd', ARGV[7])
 else
@@ -181,7 +179,7 @@ redis.call('DEL', KEYS[3])
 redis.call('HSET', KEYS[4], 'del', '1')
 if last > 0 then redis.call('HSET', KEYS[4], 'lost', fmt(last)) end
 redis.call('PEXPIRE', KEYS[4], ARGV[2])
-local epoch = epoch_of(KEYS[1], KEYS[2], next_id(KEYS[1], tonumber(ARGV[3]), now_us()))
+local epoch = epoch_of(KEYS[1], KEYS[2], tonumber(ARGV[3]), now_us())
 redis.call('PUBLISH', ARGV[1], 'D ' .. fmt(last) .. ' ' .. fmt(epoch) .. '\n')
 if existed then return 1 end
 return 0
@@ -195,8 +193,8 @@ return 0
 /// entry in `(cursor, R]`, at most the given number per channel, oldest first per channel.
 const FETCH_BODY: &str = r#"
 local now = now_us()
-local epoch = epoch_of(KEYS[1], KEYS[2], next_id(KEYS[1], tonumber(ARGV[6]), now))
-local R = tonumber(redis.call('GET', KEYS[1]) or '0')
+local epoch = epoch_of(KEYS[1], KEYS[2], tonumber(ARGV[6]), now)
+local R = tonumber(redis.call('GET', KEYS[1]))
 if ARGV[5] ~= '' then R = math.min(R, tonumber(ARGV[5])) end
 if ARGV[1] == 'L' then return {fmt(R), fmt(epoch)} end
 local c = tonumber(ARGV[1])

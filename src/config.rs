@@ -95,8 +95,9 @@ pub struct Config {
 
     /// Cluster mode: every node given the same Redis is one server (ids, buffers and
     /// deletes are shared; a publish on any node reaches every node's subscribers).
-    /// Form: redis://[:PASSWORD@]HOST[:PORT][/DB].
-    #[arg(long, value_name = "URL", value_parser = parse_redis_url)]
+    /// Form: redis://[:PASSWORD@]HOST[:PORT][/DB]. Also read from HOLDFAST_REDIS, so a
+    /// password need not appear in the process list.
+    #[arg(long, value_name = "URL", env = "HOLDFAST_REDIS", hide_env_values = true, value_parser = parse_redis_url)]
     pub redis: Option<String>,
 
     /// Prefix of every Redis key and pub/sub channel, so deployments can share a Redis.

@@ -836,6 +836,40 @@ fn ids_stay_above_what_nodes_delivered_when_redis_loses_its_data() {
     );
 }
 
+/// Redis came back from an older snapshot (an RDB taken before the last publishes, a
+/// crash under `appendfsync everysec`, a lagging replica promoted): its `P:id` is behind
+/// ids the nodes saw, and the messages after the snapshot are gone. The nodes notice and
+/// a cursor from before them is told with its next delivery; ids stay above all of them.
+#[test]
+fn redis_back_from_an_older_snapshot_is_a_signalled_gap() {
+    if skip("redis_back_from_an_older_snapshot_is_a_signalled_gap") {
+        return;
+    }
+    let mut c = Cluster::start(3, &[]);
+    let b1 = publish(c.node(2).admin, "snap", "one");
+    assert_eq!(c.redis.cli(&["SAVE"]), "OK", "SAVE");
+    let b2 = publish(c.node(2).admin, "snap", "two (after the snapshot)");
+    let b3 = publish(c.node(2).admin, "snap", "three (after the snapshot)");
+    // Redis dies without saving and comes back with the snapshot: b2 and b3 are gone.
+    c.redis.stop();
+    c.redis.start_again();
+    let all: Vec<SocketAddr> = c.nodes.iter().flat_map(|n| [n.public, n.admin]).collect();
+    assert_health(&all, 200, 15 * SEC, "nodes back on the restored Redis");
+
+    let b4 = publish_retry(c.node(0).admin, "snap", "four", 10 * SEC);
+    assert!(
+        id_num(&b4) > id_num(&b3),
+        "id {b4} issued after the restore is not above {b3}, issued before it"
+    );
+    let r = poll(c.node(1).public, &format!("/sub/snap?since={b1}&timeout=5"));
+    assert_eq!(assert_delivery(&r, "snap", b"four"), b4);
+    assert!(
+        lost(&r),
+        "{b2} and {b3} went with the newer data and the client at {b1} was not told: {}",
+        r.brief()
+    );
+}
+
 // --- 9 ---------------------------------------------------------------------------------
 
 /// Redis stopped: a publish is `503` + `Retry-After` within ~3 s, `/health` is `503` on

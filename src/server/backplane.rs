@@ -340,6 +340,9 @@ struct Control {
     bp: Arc<Backplane>,
     target: Option<Target>,
     cmd: Option<redis::Connection>,
+    /// When the command connection last answered: idle for [`PROBE_EVERY`], it is
+    /// checked with a read of `P:id` (which also notices Redis losing data).
+    cmd_used: Instant,
     cmd_retry: Instant,
     cmd_backoff: Duration,
     shas: Option<[String; 3]>,
@@ -399,6 +402,7 @@ impl Control {
             bp,
             target,
             cmd: None,
+            cmd_used: now,
             cmd_retry: now,
             cmd_backoff: BACKOFF_MIN,
             shas: None,
@@ -442,6 +446,7 @@ impl Control {
                 self.on_event(e);
             }
             self.ensure_cmd();
+            self.check_cmd();
             self.ensure_sub();
             let mut writes = Vec::new();
             for (at, job) in jobs {
@@ -452,6 +457,13 @@ impl Control {
             }
             self.run_writes(writes);
             self.subscribe_waiting();
+            if self.cmd.is_none() || self.sub.is_none() {
+                // Redis is out of reach right now: a subscribe that needs it is told at
+                // once rather than after --redis-timeout.
+                for (_, job) in self.waiting.drain(..) {
+                    reply(&self.shared, job.to(), Reply::Unavailable);
+                }
+            }
             self.catch_up_if_ready();
             self.mark_acked();
             self.run_fetches();
@@ -548,6 +560,16 @@ impl Control {
                     eprintln!("holdfast: redis: cannot connect: {e}");
                 }
             }
+        }
+    }
+
+    /// Checks an idle command connection (a Redis `timeout`, or a middlebox that drops
+    /// idle connections, must not cost the next publish its answer) and, with the same
+    /// read, notices Redis losing data without waiting for a publish.
+    fn check_cmd(&mut self) {
+        if self.cmd.is_some() && self.cmd_used.elapsed() >= PROBE_EVERY {
+            self.cmd_used = Instant::now();
+            let _ = self.fetch(&[], None, 0, "");
         }
     }
 
@@ -692,7 +714,11 @@ impl Control {
                 Job::Fetch { .. } => unreachable!("fetches are not pipelined"),
             }
         }
-        match pipe.query::<Vec<Value>>(con) {
+        let result = pipe.query::<Vec<Value>>(con);
+        if result.is_ok() {
+            self.cmd_used = Instant::now();
+        }
+        match result {
             Ok(values) if values.len() == jobs.len() => {
                 for ((_, job), v) in jobs.into_iter().zip(values) {
                     let r = match (&job, &v) {
@@ -1064,6 +1090,7 @@ impl Control {
             .arg(node_last);
         match c.query::<Value>(con) {
             Ok(v) => {
+                self.cmd_used = Instant::now();
                 let f = cluster::parse_fetch(
                     &to_reply(&v),
                     if cursor.is_some() { names.len() } else { 0 },
