@@ -167,20 +167,25 @@ return {ids, nodes, redis.call('XLEN', KEYS[3]), fmt(epoch)}
 /// Returns 1 if the channel existed: it had buffered messages, or a node is subscribed
 /// to it and it was not deleted since its last publish (nodes stay subscribed a few
 /// seconds after their last subscriber leaves). Nodes are told whenever one is
-/// subscribed, so a subscriber that arrived after an earlier delete is ended too.
+/// subscribed, so a subscriber that arrived after an earlier delete is ended too. A
+/// delete takes an id from the same sequence as messages (kept as `deleted`), so a node
+/// applies it in order with them, and one that was cut off finds it in a read.
 const DELETE_BODY: &str = r#"
 local buffered = redis.call('EXISTS', KEYS[3]) == 1
 local subs = redis.call('PUBSUB', 'NUMSUB', ARGV[1])
 local held = tonumber(subs[2]) > 0
 local existed = buffered or (held and redis.call('HGET', KEYS[4], 'del') ~= '1')
 if not (buffered or held) then return 0 end
+local now = now_us()
+local epoch = epoch_of(KEYS[1], KEYS[2], tonumber(ARGV[3]), now)
+local did = math.max(tonumber(redis.call('GET', KEYS[1])) + 1, now, tonumber(ARGV[3]) + 1)
+redis.call('SET', KEYS[1], fmt(did))
 local last = tonumber(redis.call('HGET', KEYS[4], 'last') or '0')
 redis.call('DEL', KEYS[3])
-redis.call('HSET', KEYS[4], 'del', '1')
+redis.call('HSET', KEYS[4], 'del', '1', 'deleted', fmt(did))
 if last > 0 then redis.call('HSET', KEYS[4], 'lost', fmt(last)) end
 redis.call('PEXPIRE', KEYS[4], ARGV[2])
-local epoch = epoch_of(KEYS[1], KEYS[2], tonumber(ARGV[3]), now_us())
-redis.call('PUBLISH', ARGV[1], 'D ' .. fmt(last) .. ' ' .. fmt(epoch) .. '\n')
+redis.call('PUBLISH', ARGV[1], 'D ' .. fmt(last) .. ' ' .. fmt(epoch) .. ' ' .. fmt(did) .. '\n')
 if existed then return 1 end
 return 0
 "#;
@@ -189,8 +194,9 @@ return 0
 /// latest), entries per channel, TTL ms, horizon ms, newest id to return (`''`: `P:id`),
 /// the node's newest id.
 /// Returns `{R, epoch}` for `L`, else `{R, epoch, {floor per channel}, {{channel index
-/// (1-based), id, has content type, content type, payload}, ...}}` with every buffered
-/// entry in `(cursor, R]`, at most the given number per channel, oldest first per channel.
+/// (1-based), id, has content type, content type, payload}, ...}, {id of the channel's
+/// newest delete, 0 if none, per channel}}` with every buffered entry in `(cursor, R]`,
+/// at most the given number per channel, oldest first per channel.
 const FETCH_BODY: &str = r#"
 local now = now_us()
 local epoch = epoch_of(KEYS[1], KEYS[2], tonumber(ARGV[6]), now)
@@ -201,6 +207,7 @@ local c = tonumber(ARGV[1])
 local limit = tonumber(ARGV[2])
 local floors = {}
 local entries = {}
+local dels = {}
 for i = 3, #KEYS, 2 do
   local s, m = KEYS[i], KEYS[i + 1]
   local lost = trim(s, m, now, tonumber(ARGV[3]), nil)
@@ -216,6 +223,7 @@ for i = 3, #KEYS, 2 do
     end
   end
   floors[#floors + 1] = fmt(floor)
+  dels[#dels + 1] = redis.call('HGET', m, 'deleted') or '0'
   local from = '-'
   if c > 0 then from = '(' .. fmt(c) .. '-0' end
   local es = redis.call('XRANGE', s, from, fmt(R) .. '-0', 'COUNT', limit)
@@ -228,7 +236,7 @@ for i = 3, #KEYS, 2 do
     entries[#entries + 1] = {tostring((i - 1) / 2), fmt(eid(e[1])), has, ct, d}
   end
 end
-return {fmt(R), fmt(epoch), floors, entries}
+return {fmt(R), fmt(epoch), floors, entries, dels}
 "#;
 
 /// The publish script's source.
@@ -258,8 +266,9 @@ pub enum Envelope<'a> {
         content_type: Option<&'a [u8]>,
         payload: &'a [u8],
     },
-    /// The channel was deleted; `last` was its newest id.
-    Deleted { last: u64, epoch: u64 },
+    /// The channel was deleted by the delete with id `id`; `last` was its newest
+    /// message's id.
+    Deleted { last: u64, epoch: u64, id: u64 },
 }
 
 fn num(b: &[u8]) -> Option<u64> {
@@ -271,7 +280,7 @@ fn num(b: &[u8]) -> Option<u64> {
 
 impl Envelope<'_> {
     /// Parses an envelope: `M id floor epoch ctlen|-\n` + content type + payload, or
-    /// `D last epoch\n`. `None` for anything else (another writer on our channel).
+    /// `D last epoch id\n`. `None` for anything else (another writer on our channel).
     pub fn parse(b: &[u8]) -> Option<Envelope<'_>> {
         let nl = b.iter().position(|&c| c == b'\n')?;
         let (head, rest) = (&b[..nl], &b[nl + 1..]);
@@ -306,10 +315,11 @@ impl Envelope<'_> {
             b"D" => {
                 let last = num(f.next()?)?;
                 let epoch = num(f.next()?)?;
-                if f.next().is_some() || !rest.is_empty() {
+                let id = num(f.next()?)?;
+                if f.next().is_some() || !rest.is_empty() || id == 0 {
                     return None;
                 }
-                Some(Envelope::Deleted { last, epoch })
+                Some(Envelope::Deleted { last, epoch, id })
             }
             _ => None,
         }
@@ -331,7 +341,9 @@ impl Envelope<'_> {
                 v.extend_from_slice(payload);
                 v
             }
-            Envelope::Deleted { last, epoch } => format!("D {last} {epoch}\n").into_bytes(),
+            Envelope::Deleted { last, epoch, id } => {
+                format!("D {last} {epoch} {id}\n").into_bytes()
+            }
         }
     }
 }
@@ -354,6 +366,8 @@ pub struct Fetched {
     pub epoch: u64,
     pub floors: Vec<u64>,
     pub entries: Vec<Entry>,
+    /// Each channel's newest delete id (`0`: none kept).
+    pub deletes: Vec<u64>,
 }
 
 impl Fetched {
@@ -421,6 +435,12 @@ pub fn parse_fetch(r: &Reply, channels: usize) -> Option<Fetched> {
     if out.floors.len() != channels {
         return None;
     }
+    for d in a.get(4)?.array()? {
+        out.deletes.push(d.num()?);
+    }
+    if out.deletes.len() != channels {
+        return None;
+    }
     for e in a.get(3)?.array()? {
         let e = e.array()?;
         let index = usize::try_from(e.first()?.num()?).ok()?;
@@ -460,7 +480,11 @@ mod tests {
                 content_type: None,
                 payload: b"",
             },
-            Envelope::Deleted { last: 9, epoch: 2 },
+            Envelope::Deleted {
+                last: 9,
+                epoch: 2,
+                id: 12,
+            },
         ];
         for e in cases {
             assert_eq!(Envelope::parse(&e.render()), Some(e));
@@ -477,7 +501,9 @@ mod tests {
             b"M 0 2 3 -\n",
             b"M 1 2 3 - extra\n",
             b"D 1\n",
-            b"D 1 2\ntrailing",
+            b"D 1 2\n",
+            b"D 1 2 0\n",
+            b"D 1 2 3\ntrailing",
             b"X 1 2\n",
             b"M 99999999999999999999999 1 1 -\n",
         ] {
@@ -508,6 +534,7 @@ mod tests {
                 Reply::Array(vec![b("2"), b("70"), b("0"), b(""), b("y")]),
                 Reply::Array(vec![b("1"), b("65"), b("1"), b("text/x"), b("x")]),
             ]),
+            Reply::Array(vec![b("0"), b("55")]),
         ]);
         let mut f = parse_fetch(&r, 2).expect("parses");
         f.sort();
@@ -516,6 +543,7 @@ mod tests {
         assert_eq!(f.entries[0].channel, 0);
         assert_eq!(f.entries[0].content_type.as_deref(), Some(&b"text/x"[..]));
         assert_eq!(f.entries[1].content_type, None);
+        assert_eq!(f.deletes, [0, 55]);
         assert!(f.lost_for(59));
         assert!(!f.lost_for(60));
         assert!(!f.lost_for(0));

@@ -447,6 +447,9 @@ struct Inner {
     /// lowered by the backplane ([`Store::cover`]); a subscribe whose cursor is older
     /// than it (or a channel without an entry) gets [`Subscribed::Fetch`].
     covered: Option<HashMap<Arc<str>, u64>>,
+    /// Views forgotten so far ([`Store::uncover`]): a mark read from the backplane
+    /// before one was forgotten is not set afterwards ([`Store::cover_token`]).
+    uncovers: u64,
 }
 
 /// The shared store. Cheap to share behind an `Arc`.
@@ -584,6 +587,7 @@ impl Store {
                 closed: false,
                 tombs: Tombstones::new(TOMBSTONES, FOLD_BUCKETS),
                 covered: None,
+                uncovers: 0,
             }),
         }
     }
@@ -675,10 +679,21 @@ impl Store {
         }
     }
 
+    /// Taken before a backplane read whose result will be passed to
+    /// [`cover`](Store::cover).
+    pub fn cover_token(&self) -> u64 {
+        self.lock().uncovers
+    }
+
     /// Cluster mode: this store now sees every message of each of `names` with an id
-    /// above `from` (see `Inner::covered`); an existing, lower mark stays.
-    pub fn cover(&self, names: &[&str], from: u64) {
+    /// above `from` (see `Inner::covered`); an existing, lower mark stays. Nothing is
+    /// marked if a view was forgotten since `token` was taken (a message may have been
+    /// dropped meanwhile that the read did not know of).
+    pub fn cover(&self, names: &[&str], from: u64, token: u64) {
         let mut g = self.lock();
+        if g.uncovers != token {
+            return;
+        }
         let Some(covered) = g.covered.as_mut() else {
             return;
         };
@@ -721,12 +736,15 @@ impl Store {
         if let Some(covered) = inner.covered.as_mut() {
             covered.remove(name);
         }
+        inner.uncovers += 1;
         true
     }
 
     /// Cluster mode: forget every view (the backplane cannot keep them complete).
     pub fn uncover_all(&self) {
-        if let Some(c) = self.lock().covered.as_mut() {
+        let mut g = self.lock();
+        g.uncovers += 1;
+        if let Some(c) = g.covered.as_mut() {
             c.clear();
         }
     }
@@ -947,12 +965,18 @@ impl Store {
         true
     }
 
-    /// Cluster mode: the channel was deleted at the backplane, whose newest id for it
-    /// was `last`. Like [`delete`](Store::delete), and a cursor below `last` hears of
-    /// the gap even if this store never held the channel.
-    pub fn deleted_elsewhere(&self, name: &str, last: u64) {
+    /// Cluster mode: the channel was deleted at the backplane by the delete with id
+    /// `id` (from the same sequence as messages), when its newest message was `last`.
+    /// Like [`delete`](Store::delete), and a cursor below `last` hears of the gap even
+    /// if this store never held the channel. Refused (false), like an append, if `id`
+    /// is not newer than every id seen: it was applied already.
+    pub fn deleted_elsewhere(&self, name: &str, last: u64, id: u64) -> bool {
         let groups = {
             let mut g = self.lock();
+            if id <= g.last_id {
+                return false;
+            }
+            g.last_id = id;
             let groups = self.delete_locked(&mut g, name).unwrap_or(Groups::EMPTY);
             if last > 0 {
                 g.tombs.bury(name, last);
@@ -960,6 +984,7 @@ impl Store {
             groups
         };
         self.wake(groups);
+        true
     }
 
     fn delete_locked(&self, inner: &mut Inner, name: &str) -> Option<Groups> {
@@ -1521,7 +1546,7 @@ mod tests {
         }
         assert_eq!(s.stats().channels, 0, "a Fetch registers nothing");
         // Vouched from 100 on: older cursors still go to the backplane.
-        s.cover(&["a"], 100);
+        s.cover(&["a"], 100, s.cover_token());
         assert!(matches!(
             sub(&s, &["a"], Cursor::Since(99), None, 0),
             Subscribed::Fetch
@@ -1532,8 +1557,8 @@ mod tests {
             other => panic!("{other:?}"),
         }
         // A lower mark widens the view; a higher one never narrows it.
-        s.cover(&["a"], 40);
-        s.cover(&["a"], 500);
+        s.cover(&["a"], 40, s.cover_token());
+        s.cover(&["a"], 500, s.cover_token());
         assert!(matches!(
             sub(&s, &["a"], Cursor::Since(40), None, 0),
             Subscribed::Ready { .. }
@@ -1545,7 +1570,7 @@ mod tests {
         ));
         // A cluster store has no restart rule of its own: a cursor far below its first
         // id is not told of a gap by the store (the backplane's epoch answers that).
-        s.cover(&["b"], 1);
+        s.cover(&["b"], 1, s.cover_token());
         assert!(!waiting_lost(sub(&s, &["b"], Cursor::Since(1), None, 0)));
         // Uncovering a channel with subscribers is refused; without, it is forgotten.
         assert!(matches!(
@@ -1560,7 +1585,14 @@ mod tests {
         ));
         assert!(!s.uncover("b"));
         s.unsubscribe(keys[0], G3, 1, true);
+        let stale = s.cover_token();
         assert!(s.uncover("b"));
+        assert!(matches!(
+            sub(&s, &["b"], Cursor::Since(1000), None, 0),
+            Subscribed::Fetch
+        ));
+        // A mark read before a view was forgotten is not set afterwards.
+        s.cover(&["b"], 1, stale);
         assert!(matches!(
             sub(&s, &["b"], Cursor::Since(1000), None, 0),
             Subscribed::Fetch
@@ -1570,7 +1602,7 @@ mod tests {
     #[test]
     fn a_cluster_store_takes_the_origins_lost_floor_and_epochs() {
         let s = Store::for_cluster(StoreConfig::unbounded(16, 60_000), Arc::new(Silent));
-        s.cover(&["a", "b", "c"], 0);
+        s.cover(&["a", "b", "c"], 0, s.cover_token());
         // The origin no longer holds ids up to 150 on "a": a cursor below is told.
         remote(&s, "a", 200, 150).unwrap();
         match sub(&s, &["a"], Cursor::Since(100), None, 0) {
@@ -1585,8 +1617,14 @@ mod tests {
         s.raise_floor("b", 180);
         assert!(waiting_lost(sub(&s, &["b"], Cursor::Since(170), None, 0)));
         assert!(!waiting_lost(sub(&s, &["b"], Cursor::Since(180), None, 0)));
-        // Deleted at the origin: a channel never held here still reports the gap.
-        s.deleted_elsewhere("c", 190);
+        // Deleted at the origin: a channel never held here still reports the gap; the
+        // delete is applied once, in id order.
+        assert!(s.deleted_elsewhere("c", 190, 300));
+        assert!(!s.deleted_elsewhere("c", 190, 300), "applied twice");
+        assert_eq!(
+            remote(&s, "c", 250, 0),
+            Err(AppendError::IdNotNewer { last: 300 })
+        );
         assert!(waiting_lost(sub(&s, &["c"], Cursor::Since(189), None, 0)));
         assert!(!waiting_lost(sub(&s, &["c"], Cursor::Since(190), None, 0)));
         // Redis lost its data: everything below the new epoch may be gone.

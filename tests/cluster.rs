@@ -1093,6 +1093,99 @@ fn killed_subscriber_connections_lose_nothing() {
     }
 }
 
+// --- review findings --------------------------------------------------------------------
+
+/// A delete made while a node's pub/sub connection is down reaches that node anyway,
+/// in order, from its catch-up: its parked poll gets `410`, its stream `event:
+/// deleted`, and its cache no longer answers with a deleted message.
+#[test]
+fn a_delete_made_while_a_node_was_cut_off_reaches_it() {
+    if skip("a_delete_made_while_a_node_was_cut_off_reaches_it") {
+        return;
+    }
+    let c = Cluster::start(2, &[]);
+    let (a, b) = (c.node(0), c.node(1));
+    let before = publish(b.admin, "other-d", "cursor");
+    let m = publish(b.admin, "gone", "m");
+    // A holds the channel: a poll parked after m, a stream, and m in its cache.
+    let r = poll(a.public, &format!("/sub/gone?since={before}&timeout=5"));
+    assert_eq!(assert_delivery(&r, "gone", b"m"), m);
+    let mut parked = park(a.public, &format!("/sub/gone?since={m}&timeout=30"));
+    let mut stream = Sse::open(a.public, "/sub/gone", &[("Last-Event-ID", m.as_str())]);
+    wait_stat(a.admin, "parked", 1, 5 * SEC);
+    wait_stat(a.admin, "sse_streams", 1, 5 * SEC);
+    let reconnects = stat(a.admin, "backplane_reconnects");
+
+    // Cut every node's subscription, and delete at once, before they are back.
+    assert!(
+        c.redis.kill_pubsub_clients() > 0,
+        "no pub/sub connection to kill"
+    );
+    let r = request(b.admin, "DELETE", "/pub/gone", &[], None);
+    assert_eq!(r.status, 204, "DELETE on B: {}", r.brief());
+
+    let r = parked.response();
+    assert_eq!(r.status, 410, "poll parked on A: {}", r.brief());
+    let ev = stream.event_within(10 * SEC);
+    assert_eq!(
+        (ev.event(), ev.data()),
+        (Some("deleted"), "gone".to_string()),
+        "stream on A: {ev:?}"
+    );
+    assert!(
+        stat(a.admin, "backplane_reconnects") > reconnects,
+        "A's subscription was not cut, so this proves nothing"
+    );
+    // m went with the delete: a cursor before it is told, never handed m.
+    let p = publish(b.admin, "gone", "after");
+    let r = poll(a.public, &format!("/sub/gone?since={before}&timeout=5"));
+    assert_eq!(assert_delivery(&r, "gone", b"after"), p);
+    assert!(lost(&r), "{}", r.brief());
+}
+
+/// Nodes with different `--buffer-messages` (a rolling change of the flag): Redis
+/// keeps what the publishing node's flag says, and a node with a smaller one still
+/// replays all of it, in order, with the gap told once and nothing skipped.
+#[test]
+fn a_node_with_a_smaller_buffer_replays_everything_redis_holds() {
+    if skip("a_node_with_a_smaller_buffer_replays_everything_redis_holds") {
+        return;
+    }
+    let c = Cluster::start(1, &["--buffer-messages", "16"]);
+    let small = c.start_node_with(&["--buffer-messages", "3"]);
+    let before = publish(c.node(0).admin, "other-w", "cursor");
+    let published = pub_many(c.node(0).admin, "w", "w", 0..21);
+    // Redis holds the newest 16 (the publisher's flag): w5..w20.
+    let mut s = Sse::open(
+        small.public,
+        "/sub/w",
+        &[("Last-Event-ID", before.as_str())],
+    );
+    let blocks = sse_take(&mut s, 16, Instant::now() + 10 * SEC).unwrap_or_else(|e| panic!("{e}"));
+    let got = sse_as_got(&blocks, "w");
+    assert!(
+        got[0].lost,
+        "w0..w4 were evicted and the stream was not told: {got:?}"
+    );
+    let mut want = Vec::new();
+    for (i, p) in published[5..].iter().enumerate() {
+        want.push(Got {
+            id: p.id.clone(),
+            channel: "w".into(),
+            body: p.body.clone(),
+            lost: i == 0,
+        });
+    }
+    assert_eq!(got, want, "replay on the node with --buffer-messages 3");
+    // A long-poll loop there from the same cursor gets the same, one at a time.
+    let mut cursor = before;
+    for p in &published[5..] {
+        let r = poll(small.public, &format!("/sub/w?since={cursor}&timeout=5"));
+        assert_eq!(assert_delivery(&r, "w", p.body.as_bytes()), p.id);
+        cursor = p.id.clone();
+    }
+}
+
 // --- 13 --------------------------------------------------------------------------------
 
 /// `--buffer-messages 2`: five messages published on B push three out of the channel's

@@ -57,6 +57,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 const RECONCILE_EVERY: Duration = Duration::from_secs(5);
 /// Channels per catch-up read (one script call each, all bounded by the same `R`).
 const CATCH_UP_CHUNK: usize = 256;
+/// Entries per channel per page of a replay or catch-up read (at least).
+const PAGE_MIN: usize = 256;
 /// Messages held by the reader during a catch-up before the connection is given up.
 const HELD_MAX: usize = 1_000_000;
 
@@ -137,6 +139,14 @@ pub enum Reply {
     },
     /// Redis did not answer in time, refused, or is unreachable: `503`.
     Unavailable,
+}
+
+/// What a catch-up read found, to be applied in id order.
+enum Missed {
+    Message(cluster::Entry),
+    /// A delete of channel `.0` (an index into the catch-up's names), which lost up to
+    /// `.1`.
+    Delete(usize, u64),
 }
 
 /// What the reader tells control.
@@ -271,7 +281,9 @@ impl Backplane {
                     Err(AppendError::Refused(PublishError::Closed)) => {}
                 }
             }
-            Envelope::Deleted { last, .. } => shared.store.deleted_elsewhere(channel, last),
+            Envelope::Deleted { last, id, .. } => {
+                shared.store.deleted_elsewhere(channel, last, id);
+            }
         }
     }
 
@@ -322,6 +334,9 @@ struct Sub {
     writer: TcpStream,
     /// Messages the reader holds until the catch-up is done (`None`: apply directly).
     feed: SharedFeed,
+    /// The channels subscribed when it was opened: the catch-up covers these (later
+    /// ones are read when their first request comes).
+    initial: Vec<String>,
     caught_up: bool,
     ping_sent: Option<Instant>,
     last_pong: Instant,
@@ -455,7 +470,7 @@ impl Control {
                     _ => writes.push((at, job)),
                 }
             }
-            self.run_writes(writes);
+            self.run_writes(writes, true);
             self.subscribe_waiting();
             if self.cmd.is_none() || self.sub.is_none() {
                 // Redis is out of reach right now: a subscribe that needs it is told at
@@ -618,6 +633,7 @@ impl Control {
             id,
             writer: stream,
             feed: feed.clone(),
+            initial: self.subscribed.keys().cloned().collect(),
             caught_up: false,
             ping_sent: None,
             last_pong: now,
@@ -659,7 +675,18 @@ impl Control {
     }
 
     /// Publishes and deletes, pipelined in one round trip.
-    fn run_writes(&mut self, jobs: Vec<(Instant, Job)>) {
+    fn run_writes(&mut self, mut jobs: Vec<(Instant, Job)>, retry: bool) {
+        // A job whose worker has answered 503 by now is not carried out late: its
+        // publisher may already have retried.
+        let timeout = self.bp.timeout;
+        jobs.retain(|(at, job)| {
+            let fresh = at.elapsed() < timeout;
+            if !fresh {
+                self.bp.stats.publish_errors.fetch_add(1, Relaxed);
+                reply(&self.shared, job.to(), Reply::Unavailable);
+            }
+            fresh
+        });
         if jobs.is_empty() {
             return;
         }
@@ -720,7 +747,15 @@ impl Control {
         }
         match result {
             Ok(values) if values.len() == jobs.len() => {
-                for ((_, job), v) in jobs.into_iter().zip(values) {
+                // Scripts Redis no longer has (SCRIPT FLUSH, a failover that kept the
+                // connection): those jobs did not run; load the scripts and run them
+                // once more.
+                let mut again = Vec::new();
+                for ((at, job), v) in jobs.into_iter().zip(values) {
+                    if matches!(&v, Value::ServerError(e) if e.code() == "NOSCRIPT") && retry {
+                        again.push((at, job));
+                        continue;
+                    }
                     let r = match (&job, &v) {
                         (Job::Publish { .. }, Value::Array(a)) if a.len() == 4 => {
                             match (int(&a[0]), int(&a[1]), int(&a[2]), int(&a[3])) {
@@ -748,6 +783,12 @@ impl Control {
                         self.bp.stats.publish_errors.fetch_add(1, Relaxed);
                     }
                     reply(&self.shared, job.to(), r);
+                }
+                if !again.is_empty() {
+                    self.drop_cmd("lost its scripts (NOSCRIPT)");
+                    self.cmd_retry = Instant::now();
+                    self.ensure_cmd();
+                    self.run_writes(again, false);
                 }
             }
             other => {
@@ -800,20 +841,32 @@ impl Control {
         }
     }
 
-    /// After a (re)connect, once every channel is acknowledged: read what was missed,
-    /// append it in order, then let the reader apply what it held.
+    /// After a (re)connect, once the channels subscribed at connect time are
+    /// acknowledged: read what was missed (messages and deletes), apply it in id order,
+    /// then let the reader apply what it held.
     fn catch_up_if_ready(&mut self) {
-        let ready = self.sub.as_ref().is_some_and(|s| !s.caught_up)
-            && self.subscribed.values().all(|s| *s == SubState::Acked);
+        let Some(sub) = self.sub.as_ref() else {
+            return;
+        };
+        let ready = !sub.caught_up
+            && sub
+                .initial
+                .iter()
+                .all(|n| self.subscribed.get(n).is_none_or(|s| *s == SubState::Acked));
         if !ready || self.cmd.is_none() {
             return;
         }
-        let names: Vec<String> = self.subscribed.keys().cloned().collect();
+        let names: Vec<String> = sub
+            .initial
+            .iter()
+            .filter(|n| self.subscribed.contains_key(*n))
+            .cloned()
+            .collect();
         let from = self.shared.store.last_id();
-        let mut missed: Vec<cluster::Entry> = Vec::new();
-        let mut newest = String::new();
         // The first read fixes `R`; the others are bounded by it, so the whole catch-up
         // is one consistent range however many calls it takes.
+        let mut newest = String::new();
+        let mut missed: Vec<(u64, Missed)> = Vec::new();
         let mut chunks: Vec<(usize, &[String])> = names
             .chunks(CATCH_UP_CHUNK)
             .enumerate()
@@ -824,22 +877,26 @@ impl Control {
         }
         for (base, chunk) in chunks {
             let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
-            let Some(f) = self.fetch(&refs, Some(from), self.bp.cap, &newest) else {
+            let Some(f) = self.fetch_all(&refs, from, &newest) else {
                 self.drop_sub("catch-up read failed");
                 return;
             };
             if newest.is_empty() {
                 newest = f.newest.to_string();
             }
-            for (name, floor) in refs.iter().zip(&f.floors) {
-                self.shared.store.raise_floor(name, *floor);
+            for (i, name) in refs.iter().enumerate() {
+                self.shared.store.raise_floor(name, f.floors[i]);
+                let d = f.deletes[i];
+                if d > from && d <= f.newest {
+                    missed.push((d, Missed::Delete(base + i, f.floors[i])));
+                }
             }
             missed.extend(f.entries.into_iter().map(|mut e| {
                 e.channel += base;
-                e
+                (e.id, Missed::Message(e))
             }));
         }
-        missed.sort_by_key(|m| m.id);
+        missed.sort_by_key(|m| m.0);
         let now = self.shared.now_ms();
         let store = &self.shared.store;
         let Some(sub) = self.sub.as_mut() else {
@@ -847,15 +904,25 @@ impl Control {
         };
         // Hold the reader while the missed messages go in, then release what it held.
         let mut feed = lock_feed(&sub.feed);
-        for e in missed {
-            let _ = store.append(
-                &names[e.channel],
-                e.id,
-                e.content_type.map(Bytes::from),
-                Bytes::from(e.payload),
-                now,
-                0,
-            );
+        for (id, m) in missed {
+            match m {
+                Missed::Message(e) => {
+                    let r = store.append(
+                        &names[e.channel],
+                        e.id,
+                        e.content_type.map(Bytes::from),
+                        Bytes::from(e.payload),
+                        now,
+                        0,
+                    );
+                    if let Err(AppendError::Refused(PublishError::TooManyChannels)) = r {
+                        store.uncover(&names[e.channel]);
+                    }
+                }
+                Missed::Delete(i, last) => {
+                    store.deleted_elsewhere(&names[i], last, id);
+                }
+            }
         }
         if let Feed::Hold(v) = std::mem::replace(&mut *feed, Feed::Live) {
             for (name, payload) in v {
@@ -864,6 +931,11 @@ impl Control {
         }
         drop(feed);
         sub.caught_up = true;
+        // The reader could not report pongs while it was held: start the probe afresh.
+        let now = Instant::now();
+        sub.ping_sent = None;
+        sub.last_pong = now;
+        sub.next_ping = now + PROBE_EVERY;
         self.bp.stats.catchups.fetch_add(1, Relaxed);
     }
 
@@ -880,8 +952,9 @@ impl Control {
             .filter(|n| self.subscribed.get(*n) == Some(&SubState::Acked))
             .map(String::as_str)
             .collect();
+        let token = self.shared.store.cover_token();
         if let Some(f) = self.fetch(&[], None, 0, "") {
-            self.shared.store.cover(&refs, f.newest);
+            self.shared.store.cover(&refs, f.newest, token);
         }
     }
 
@@ -927,8 +1000,13 @@ impl Control {
                     continue;
                 }
             }
-            let per = if *all { self.bp.cap } else { 1 };
-            let Some(mut f) = self.fetch(&refs, c, per, "") else {
+            let token = self.shared.store.cover_token();
+            let f = match (c, *all) {
+                (None, _) => self.fetch(&refs, None, 0, ""),
+                (Some(c), false) => self.fetch(&refs, Some(c), 1, ""),
+                (Some(c), true) => self.fetch_all(&refs, c, ""),
+            };
+            let Some(mut f) = f else {
                 reply(&self.shared, *to, Reply::Unavailable);
                 continue;
             };
@@ -936,7 +1014,7 @@ impl Control {
             let store = &self.shared.store;
             let r = match c {
                 None => {
-                    store.cover(&refs, f.newest);
+                    store.cover(&refs, f.newest, token);
                     Reply::Fetched {
                         messages: Vec::new(),
                         lost: false,
@@ -952,15 +1030,16 @@ impl Control {
                     if !*all {
                         f.entries.truncate(1);
                     }
-                    // Nothing on these channels in (c, R] but what was returned, and
-                    // everything after R reaches this node in order: the cache vouches
-                    // from the newest returned (or c), or at least from R.
+                    // Nothing on these channels in (c, R] but what was returned (all of
+                    // it, for a replay), and everything after R reaches this node in
+                    // order: the cache vouches from the newest returned (or c), or for a
+                    // single message at least from R.
                     let from = match f.entries.last() {
                         Some(_) if !*all => f.newest,
                         Some(e) => e.id.max(c),
                         None => c,
                     };
-                    store.cover(&refs, from);
+                    store.cover(&refs, from, token);
                     let messages = f
                         .entries
                         .into_iter()
@@ -984,8 +1063,53 @@ impl Control {
         }
     }
 
+    /// Every buffered entry of `names` in `(from, R]`, read a page at a time: Redis
+    /// keeps as many as the publishing node's `--buffer-messages`, which may be more
+    /// than this node's. Each page is cut at the oldest "last entry" of the channels
+    /// that filled it, so the pages join without a hole.
+    fn fetch_all(&mut self, names: &[&str], from: u64, newest: &str) -> Option<Fetched> {
+        let per = self.bp.cap.max(PAGE_MIN);
+        let mut out: Option<Fetched> = None;
+        let mut cursor = from;
+        let mut bound = newest.to_string();
+        loop {
+            let mut f = self.fetch(names, Some(cursor), per, &bound)?;
+            f.sort();
+            let mut filled = vec![0usize; names.len()];
+            let mut last = vec![0u64; names.len()];
+            for e in &f.entries {
+                filled[e.channel] += 1;
+                last[e.channel] = e.id;
+            }
+            let cut = (0..names.len())
+                .filter(|&i| filled[i] >= per)
+                .map(|i| last[i])
+                .min();
+            if let Some(cut) = cut {
+                f.entries.retain(|e| e.id <= cut);
+            }
+            match out.as_mut() {
+                None => {
+                    bound = f.newest.to_string();
+                    out = Some(f);
+                }
+                Some(o) => o.entries.append(&mut f.entries),
+            }
+            match cut {
+                Some(cut) => cursor = cut,
+                None => return out,
+            }
+        }
+    }
+
     /// Pings the pub/sub connection; replaces it if pongs stopped coming.
     fn probe(&mut self) {
+        // Pongs that arrived while this iteration ran count: a long iteration is not a
+        // dead connection.
+        let events = std::mem::take(&mut self.bp.lock().events);
+        for e in events {
+            self.on_event(e);
+        }
         let now = Instant::now();
         let Some(sub) = self.sub.as_mut() else {
             return;
@@ -1031,7 +1155,12 @@ impl Control {
         let mut drop = Vec::new();
         let mut unheld = HashSet::new();
         for name in self.subscribed.keys() {
-            if wanted.contains(name.as_str()) || self.shared.store.held(name) {
+            // A channel still being subscribed stays: its acknowledgement must not be
+            // taken for a later SUBSCRIBE's.
+            if wanted.contains(name.as_str())
+                || self.subscribed.get(name) != Some(&SubState::Acked)
+                || self.shared.store.held(name)
+            {
                 continue;
             }
             if self.unheld.contains(name) && self.shared.store.uncover(name) {

@@ -277,9 +277,12 @@ impl Worker {
         } else if c.is_waiting() {
             self.answer_parked(key, Answer::ShuttingDown);
         } else if c.phase() == super::conn::Phase::Backplane {
-            // Its reply may never come now: answered as unavailable.
-            self.step(key, Input::CloseAfter);
+            // Its reply may never come now: answered as unavailable, then closed.
             self.backplane_answered(key, super::backplane::Reply::Unavailable);
+            if self.conns.contains(key) {
+                self.step(key, Input::CloseAfter);
+                self.settle(key);
+            }
         } else if c.phase() == super::conn::Phase::Idle && !c.has_input() {
             self.close(key);
         } else {

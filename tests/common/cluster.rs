@@ -67,9 +67,16 @@ impl Cluster {
     /// Starts one more node on this cluster's Redis with its flags (not added to
     /// `nodes`), and waits until it is healthy.
     pub fn start_node(&self) -> Server {
+        let flags: Vec<&str> = self.flags.iter().map(String::as_str).collect();
+        self.start_node_with(&flags)
+    }
+
+    /// Starts one more node on this cluster's Redis with `flags` instead of the
+    /// cluster's (not added to `nodes`), and waits until it is healthy.
+    pub fn start_node_with(&self, flags: &[&str]) -> Server {
         let url = self.redis.url();
         let mut args: Vec<&str> = vec!["--redis", &url];
-        args.extend(self.flags.iter().map(String::as_str));
+        args.extend_from_slice(flags);
         let node = Server::start(&args);
         for addr in [node.public, node.admin] {
             let (ok, last) = wait_health(addr, 200, NODE_READY_TIMEOUT);
