@@ -369,6 +369,12 @@ fn a_publish_on_one_node_answers_a_poll_parked_on_another() {
         "zero, one, two, three: {v}"
     );
     assert_eq!(assert_delivery(&parked.response(), "x1", b"three"), m3);
+    // `published` counts the publishes each node carried out (B: zero, one, three).
+    assert_eq!(
+        (stat(a.admin, "published"), stat(b.admin, "published")),
+        (1, 3),
+        "published on A and B"
+    );
 }
 
 // --- 2 ---------------------------------------------------------------------------------

@@ -165,6 +165,8 @@ struct Queue {
 /// Counters for `/stats`.
 #[derive(Default)]
 pub struct BackplaneStats {
+    /// Publishes this node carried out (answered `201`).
+    pub published: AtomicU64,
     pub reconnects: AtomicU64,
     pub catchups: AtomicU64,
     pub fetches: AtomicU64,
@@ -482,6 +484,9 @@ impl Control {
             self.catch_up_if_ready();
             self.mark_acked();
             self.run_fetches();
+            if self.waiting.is_empty() && self.waiting.capacity() > 256 {
+                self.waiting = Vec::new();
+            }
             self.probe();
             self.reconcile();
             let up = self.cmd.is_some() && self.sub.as_ref().is_some_and(|s| s.caught_up);
@@ -762,6 +767,7 @@ impl Control {
                                 (Some(id), Some(nodes), Some(buffered), Some(epoch)) => {
                                     self.bp.see_epoch(&self.shared, epoch);
                                     self.bp.seen.fetch_max(id, SeqCst);
+                                    self.bp.stats.published.fetch_add(1, Relaxed);
                                     Reply::Published {
                                         id,
                                         nodes,

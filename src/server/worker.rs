@@ -82,6 +82,11 @@ impl Shared {
                 .snapshot(&self.store.stats(), sys::rss_bytes(), self.max_connections);
         if let Some(bp) = &self.backplane {
             let b = &bp.stats;
+            // The store counts what reached this node's cache; "published" means the
+            // publishes this node carried out, as on a single node.
+            for f in s.fields.iter_mut().filter(|f| f.0 == "published") {
+                f.2 = b.published.load(std::sync::atomic::Ordering::Relaxed);
+            }
             let ld =
                 |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
             s.fields.extend([
@@ -496,6 +501,10 @@ impl Worker {
             let mut io = self.take_io(key);
             io.unread(&input);
             self.conns[key].io = Some(io);
+        }
+        if self.awaiting.is_empty() && self.awaiting.capacity() > SHRINK_ABOVE {
+            // A burst is over: do not keep its table.
+            self.awaiting.shrink_to(SHRINK_ABOVE);
         }
         self.step(key, Input::Resumed);
         self.reply = Some(reply);

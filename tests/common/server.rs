@@ -101,6 +101,9 @@ impl Server {
         args.extend_from_slice(flags);
         let mut child = Command::new(program)
             .args(&args)
+            // A cluster URL in the environment would turn a standalone test into a
+            // cluster one; cluster tests pass --redis.
+            .env_remove("HOLDFAST_REDIS")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -2,11 +2,15 @@
 //! one server at a time with the same thread count, and writes
 //! `bench-results/<date>/{results.json,results.csv,report.md,*.svg}`.
 //!
+//! Two more scenarios measure holdfast alone in cluster mode, on a `redis-server` the
+//! harness starts itself (`cluster.rs`).
+//!
 //! The load comes from `holdfast-stress` (tools/stress); the harness starts and stops
 //! servers, waits on their counters, reads `/proc`, and writes the report. See
 //! `tools/bench/README.md` for what each scenario measures and the caveats.
 #![deny(unsafe_code)]
 
+mod cluster;
 mod measure;
 mod procs;
 mod report;
@@ -27,8 +31,9 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
     name = "holdfast-bench",
     version,
     about = "Side-by-side benchmark of holdfast, holdfast-tokio and nchan: memory per parked \
-             long-poll, fan-out, poll cycle, idle CPU, 200k-connection scale, and memory per \
-             SSE stream and SSE fan-out."
+             long-poll, fan-out, poll cycle, idle CPU, 200k-connection scale, memory per SSE \
+             stream and SSE fan-out; and holdfast's cluster mode on Redis: fan-out over \
+             several nodes and the publish ceiling."
 )]
 struct Args {
     /// Tiny sizes and short windows (CI): well under a minute.
@@ -112,6 +117,24 @@ struct Args {
     #[arg(long)]
     sse_fanout_n: Option<u64>,
 
+    /// Cluster fan-out subscribers N [default: 10000,50000; smoke: 200]. A setup whose
+    /// share per node is over 19,000 is reported as not run.
+    #[arg(long, value_delimiter = ',')]
+    cluster_n: Vec<u64>,
+
+    /// K, the nodes of the several-node cluster setups (cluster fan-out and publish
+    /// ceiling).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=16))]
+    cluster_nodes: u32,
+
+    /// Publish ceiling: concurrent keep-alive publishers [default: 8,32; smoke: 4].
+    #[arg(long, value_delimiter = ',')]
+    ceiling_publishers: Vec<u64>,
+
+    /// Publish ceiling: measured window, milliseconds [default: 3000; smoke: 300].
+    #[arg(long)]
+    ceiling_ms: Option<u64>,
+
     /// Connections opened per second by the stress tool.
     #[arg(long, default_value_t = 20_000)]
     rate: u64,
@@ -145,6 +168,23 @@ impl Args {
             scale_procs: self.scale_procs.unwrap_or(if s { 2 } else { 12 }),
             sse_idle_n: sizes(&self.sse_idle_n),
             sse_fanout_n: pick(self.sse_fanout_n, 15000, 200),
+            cluster_n: if !self.cluster_n.is_empty() {
+                self.cluster_n.clone()
+            } else if s {
+                vec![200]
+            } else {
+                vec![10_000, 50_000]
+            },
+            cluster_nodes: self.cluster_nodes,
+            ceiling_publishers: if !self.ceiling_publishers.is_empty() {
+                self.ceiling_publishers.clone()
+            } else if s {
+                vec![4]
+            } else {
+                vec![8, 32]
+            },
+            ceiling_ms: pick(self.ceiling_ms, 3000, 300),
+            ceiling_warmup_ms: if s { 100 } else { 500 },
             settle_ms: if s { 300 } else { 1000 },
         }
     }
@@ -265,6 +305,8 @@ fn run(args: &Args) -> Result<(), String> {
             Scenario::Scale,
             Scenario::SseIdle,
             Scenario::SseFanout,
+            Scenario::ClusterFanout,
+            Scenario::PublishCeiling,
         ]
     } else {
         let mut v = args.only.clone();
@@ -385,6 +427,42 @@ fn run(args: &Args) -> Result<(), String> {
                 .into(),
         );
     }
+    let clustered = scenarios
+        .iter()
+        .any(|s| matches!(s, Scenario::ClusterFanout | Scenario::PublishCeiling))
+        && kinds.contains(&Kind::Holdfast);
+    // Why the cluster scenarios cannot run, if they cannot: said once, here.
+    let redis_bin = if clustered {
+        let found = cluster::find_redis().and_then(|bin| {
+            cluster::has_cluster_mode(&env.holdfast)?;
+            Ok(bin)
+        });
+        match found {
+            Ok(bin) => {
+                versions.insert("redis-server".into(), cluster::Redis::version(&bin));
+                notes.push(format!(
+                    "Cluster scenarios: holdfast only, `--threads {}` per node. Each scenario \
+                     starts its own redis-server on a free loopback port (`--save '' \
+                     --appendonly no`, files in a temporary directory) and stops it at the \
+                     end; every setup gets fresh nodes and its own `--redis-prefix`. K = {} \
+                     nodes; the machine's {} cores are shared by the nodes, Redis, the load \
+                     and the harness.",
+                    params.threads,
+                    params.cluster_nodes,
+                    measure::command_output("nproc", &[]).unwrap_or_else(|| "?".into())
+                ));
+                Some(bin)
+            }
+            Err(why) => {
+                let msg = format!("cluster scenarios skipped: {why}");
+                eprintln!("holdfast-bench: {msg}");
+                notes.push(msg);
+                None
+            }
+        }
+    } else {
+        None
+    };
     if scenarios.contains(&Scenario::Scale) {
         notes.push(format!(
             "Scale scenario: holdfast only ({} processes × {} thread(s)); the other servers are \
@@ -401,6 +479,26 @@ fn run(args: &Args) -> Result<(), String> {
         rows.push(r);
     };
     for &s in &scenarios {
+        if matches!(s, Scenario::ClusterFanout | Scenario::PublishCeiling) {
+            let Some(bin) = &redis_bin else { continue };
+            let log = env.logs.join(format!("redis-{}.log", s.key()));
+            let redis = match cluster::Redis::start(bin, &env.logs, &log) {
+                Ok(r) => r,
+                Err(e) => {
+                    push(failed(s, Kind::Holdfast, 0, &e));
+                    continue;
+                }
+            };
+            eprintln!("holdfast-bench: {} on redis {}", s.key(), redis.addr);
+            let rows = match s {
+                Scenario::ClusterFanout => cluster::cluster_fanout(&env, &params, &redis),
+                _ => cluster::publish_ceiling(&env, &params, &redis),
+            };
+            for r in rows {
+                push(r);
+            }
+            continue;
+        }
         if s == Scenario::Scale {
             if !kinds.contains(&Kind::Holdfast) {
                 continue;
@@ -445,7 +543,7 @@ fn run(args: &Args) -> Result<(), String> {
                     scenarios::idle_cpu(&env, k, &params)
                         .unwrap_or_else(|e| failed(s, k, params.idle_cpu_n, &e)),
                 ),
-                Scenario::Scale => {}
+                Scenario::Scale | Scenario::ClusterFanout | Scenario::PublishCeiling => {}
             }
         }
     }
@@ -508,5 +606,57 @@ mod tests {
             assert_eq!((s.key(), s.mode()), (key, mode));
         }
         assert_eq!(scenarios::idle_sizes(&p, Scenario::SseIdle), [200]);
+    }
+
+    #[test]
+    fn cluster_scenarios_are_selectable_and_sized() {
+        let a = Args::try_parse_from([
+            "holdfast-bench",
+            "--smoke",
+            "--only",
+            "cluster-fanout,publish-ceiling",
+        ])
+        .unwrap();
+        assert_eq!(a.only, [Scenario::ClusterFanout, Scenario::PublishCeiling]);
+        let p = a.params();
+        assert_eq!(
+            (
+                p.cluster_n.as_slice(),
+                p.cluster_nodes,
+                p.ceiling_publishers.as_slice()
+            ),
+            (&[200][..], 3, &[4][..])
+        );
+        assert!(
+            p.ceiling_ms + p.ceiling_warmup_ms <= 500,
+            "smoke stays short"
+        );
+        let full = Args::try_parse_from([
+            "holdfast-bench",
+            "--cluster-n",
+            "7,8",
+            "--cluster-nodes",
+            "4",
+            "--ceiling-publishers",
+            "2",
+            "--ceiling-ms",
+            "100",
+        ])
+        .unwrap()
+        .params();
+        assert_eq!(full.cluster_n, [7, 8]);
+        assert_eq!(full.cluster_nodes, 4);
+        assert_eq!(full.ceiling_publishers, [2]);
+        assert_eq!(full.ceiling_ms, 100);
+        let default = Args::try_parse_from(["holdfast-bench"]).unwrap().params();
+        assert_eq!(default.cluster_n, [10_000, 50_000]);
+        assert_eq!(default.ceiling_publishers, [8, 32]);
+        assert!(Args::try_parse_from(["holdfast-bench", "--cluster-nodes", "0"]).is_err());
+        for (s, key) in [
+            (Scenario::ClusterFanout, "cluster_fanout"),
+            (Scenario::PublishCeiling, "publish_ceiling"),
+        ] {
+            assert_eq!(s.key(), key);
+        }
     }
 }

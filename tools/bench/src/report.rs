@@ -414,6 +414,110 @@ pub fn markdown(meta: &Meta, rows: &[Row], plots: &[&str]) -> String {
             "sse_fanout_latency.svg",
         );
     }
+
+    let cf = of(rows, "cluster_fanout");
+    if !cf.is_empty() {
+        let _ = writeln!(
+            o,
+            "## 8. Cluster fan-out: one publish to N subscribers over several nodes on one Redis\n"
+        );
+        let _ = writeln!(
+            o,
+            "holdfast only, three setups in the same run: one standalone node (no Redis), one \
+             node in cluster mode (`--redis`), and K nodes in cluster mode on the same Redis with \
+             the N long-poll subscribers spread evenly over them (round-robin) and the one \
+             publish sent to node 0's admin listener. {FANOUT_METHOD} CPU is summed over the \
+             nodes; Redis's CPU (schedstat) over the same window is beside it. The stress tool \
+             sends its publish through every admin address it is given, so for nodes 1..K it is \
+             given a relay in the harness that forwards `/stats` and answers the publish without \
+             publishing: the cluster sees one publish. Messages from Redis = Σ over nodes of \
+             `/stats` `backplane_received` (one per node means no per-subscriber traffic); \
+             Redis PUBLISH calls from `INFO commandstats`. Subscribes read from Redis = Σ \
+             `backplane_fetches`: polls a node answered from Redis because it did not hold \
+             the channel yet (the ramp's first polls on each node). A setup whose share per node is \
+             over 19,000 subscribers (the open-file limit is 20,000 per process) is not run.\n"
+        );
+        table(
+            &mut o,
+            &cf,
+            &[
+                ("setup", Cell::Server),
+                ("nodes", Cell::Num("nodes", 0)),
+                ("N", Cell::Connections),
+                ("held", Cell::Num("held", 0)),
+                ("received", Cell::Num("received", 0)),
+                ("lost", Cell::Num("lost", 0)),
+                (
+                    "CPU µs/delivery, Σ nodes (schedstat)",
+                    Cell::Num("cpu_per_delivery_us", 2),
+                ),
+                (
+                    "CPU µs/delivery, Σ nodes (utime+stime)",
+                    Cell::Num("cpu_ticks_per_delivery_us", 2),
+                ),
+                ("Redis CPU in window (µs)", Cell::Num("redis_cpu_us", 0)),
+                ("messages from Redis", Cell::Num("backplane_received", 0)),
+                ("Redis PUBLISH calls", Cell::Num("redis_publish_calls", 0)),
+                (
+                    "subscribes read from Redis",
+                    Cell::Num("backplane_fetches", 0),
+                ),
+                ("wall to last receipt (ms)", Cell::Num("wall_to_last_ms", 2)),
+                ("p50 (ms)", Cell::Ms("latency_p50_us")),
+                ("p99 (ms)", Cell::Ms("latency_p99_us")),
+                ("notes", Cell::Notes),
+            ],
+        );
+    }
+
+    let pc = of(rows, "publish_ceiling");
+    if !pc.is_empty() {
+        let _ = writeln!(
+            o,
+            "## 9. Publish ceiling: publishes per second through one Redis\n"
+        );
+        let _ = writeln!(
+            o,
+            "C publishers (threads of the harness), each on one keep-alive connection to an \
+             admin listener (publisher i to node i mod K), each to a channel of its own with no \
+             subscribers, post a 32-byte message and send the next as soon as the answer is \
+             read, for {} ms after a {} ms warm-up. Publishes/s = `201` answers read inside the \
+             window ÷ the window; latency = request written → answer read. CPU over the same \
+             window (schedstat): nodes summed, and Redis; 100 % = one core. Every cluster \
+             publish is one Redis round trip (a script run); Redis commands per publish counts \
+             the commands inside it too (`INFO stats` `total_commands_processed`). The \
+             publishers, the nodes and Redis share the machine, so this is the ceiling on this \
+             machine, not Redis's own.\n",
+            p.ceiling_ms, p.ceiling_warmup_ms
+        );
+        table(
+            &mut o,
+            &pc,
+            &[
+                ("setup", Cell::Server),
+                ("nodes", Cell::Num("nodes", 0)),
+                ("publishers", Cell::Connections),
+                ("publishes", Cell::Num("publishes", 0)),
+                ("publishes/s", Cell::Num("publishes_per_sec", 0)),
+                ("p50 (µs)", Cell::Num("publish_p50_us", 0)),
+                ("p99 (µs)", Cell::Num("publish_p99_us", 0)),
+                ("max (µs)", Cell::Num("publish_max_us", 0)),
+                ("errors", Cell::Num("publish_errors", 0)),
+                ("node CPU µs/publish", Cell::Num("cpu_per_publish_us", 2)),
+                ("node CPU %", Cell::Num("cpu_percent", 0)),
+                (
+                    "Redis CPU µs/publish",
+                    Cell::Num("redis_cpu_per_publish_us", 2),
+                ),
+                ("Redis CPU %", Cell::Num("redis_cpu_percent", 0)),
+                (
+                    "Redis commands/publish",
+                    Cell::Num("redis_commands_per_publish", 2),
+                ),
+                ("notes", Cell::Notes),
+            ],
+        );
+    }
     o
 }
 
@@ -744,6 +848,25 @@ mod tests {
                 ],
             ),
             row("sse_idle_hold", "holdfast", &[("rss_per_conn_bytes", 56.0)]),
+            row(
+                "cluster_fanout",
+                "holdfast cluster, 3 nodes",
+                &[
+                    ("nodes", 3.0),
+                    ("received", 200.0),
+                    ("backplane_received", 3.0),
+                    ("redis_publish_calls", 1.0),
+                ],
+            ),
+            row(
+                "publish_ceiling",
+                "holdfast cluster, 1 node",
+                &[
+                    ("nodes", 1.0),
+                    ("publishes_per_sec", 12_345.0),
+                    ("redis_commands_per_publish", 5.0),
+                ],
+            ),
         ];
         let meta = Meta {
             date_utc: "2024-01-01".into(),
@@ -765,6 +888,11 @@ mod tests {
                 scale_procs: 1,
                 sse_idle_n: vec![200],
                 sse_fanout_n: 200,
+                cluster_n: vec![200],
+                cluster_nodes: 3,
+                ceiling_publishers: vec![4],
+                ceiling_ms: 300,
+                ceiling_warmup_ms: 100,
                 settle_ms: 1,
             },
             loadavg_start: String::new(),
@@ -793,6 +921,23 @@ mod tests {
             "{lp}"
         );
         assert!(section("## 6. SSE idle hold").contains("| holdfast | 200 |"));
+        let cf = section("## 8. Cluster fan-out");
+        assert!(
+            cf.contains("| holdfast cluster, 3 nodes | 3 | 200 | – | 200 |"),
+            "{cf}"
+        );
+        assert!(
+            cf.contains("| 3 | 1 |"),
+            "messages from Redis, PUBLISH calls: {cf}"
+        );
+        let pc = section("## 9. Publish ceiling");
+        assert!(
+            pc.contains("| holdfast cluster, 1 node | 1 | 200 |"),
+            "{pc}"
+        );
+        assert!(pc.contains("| 12,345 |") && pc.contains("| 5.00 |"), "{pc}");
+        // Neither table lands in the single-server fan-out section.
+        assert!(!section("## 2. Fan-out").contains("cluster"));
         let csv = csv(&rows);
         assert!(
             csv.contains("sse_fanout,nchan,200,event_id_errors,3\n"),

@@ -1,4 +1,5 @@
-//! The seven scenarios. Each starts a fresh server (so one run's leftovers never count
+//! The seven single-server scenarios (the two cluster ones are in `cluster.rs`, on the
+//! helpers here). Each starts a fresh server (so one run's leftovers never count
 //! in the next), starts the stress tool, waits on the server's own counters until the
 //! connections are held, measures from `/proc`, and collects the stress tool's summary.
 //!
@@ -34,6 +35,12 @@ pub enum Scenario {
     SseIdle,
     /// One publish to N SSE streams on one channel (scenario 2 with streams).
     SseFanout,
+    /// One publish to N long-polls: a standalone node, one cluster node and K cluster
+    /// nodes on one Redis, in the same run.
+    ClusterFanout,
+    /// Publishes per second C keep-alive publishers get through one node or K nodes
+    /// on one Redis (and a standalone node).
+    PublishCeiling,
 }
 
 impl Scenario {
@@ -46,6 +53,8 @@ impl Scenario {
             Scenario::Scale => "scale",
             Scenario::SseIdle => "sse_idle_hold",
             Scenario::SseFanout => "sse_fanout",
+            Scenario::ClusterFanout => "cluster_fanout",
+            Scenario::PublishCeiling => "publish_ceiling",
         }
     }
 
@@ -74,6 +83,15 @@ pub struct Params {
     pub scale_procs: u32,
     pub sse_idle_n: Vec<u64>,
     pub sse_fanout_n: u64,
+    /// Cluster fan-out subscribers, one measurement per value.
+    pub cluster_n: Vec<u64>,
+    /// K, the nodes of the several-node cluster setups.
+    pub cluster_nodes: u32,
+    /// Publish ceiling: concurrent publishers, one measurement per value.
+    pub ceiling_publishers: Vec<u64>,
+    /// Publish ceiling: the measured window, and the warm-up before it.
+    pub ceiling_ms: u64,
+    pub ceiling_warmup_ms: u64,
     /// Pause after the last connection is held, before measuring.
     pub settle_ms: u64,
 }
@@ -101,7 +119,7 @@ pub struct Row {
 }
 
 impl Row {
-    fn new(s: Scenario, server: &str, connections: u64) -> Row {
+    pub(crate) fn new(s: Scenario, server: &str, connections: u64) -> Row {
         Row {
             scenario: s.key(),
             server: server.to_string(),
@@ -112,7 +130,7 @@ impl Row {
         }
     }
 
-    fn set(&mut self, k: &str, v: f64) {
+    pub(crate) fn set(&mut self, k: &str, v: f64) {
         if v.is_finite() {
             self.metrics.insert(k.to_string(), v);
         }
@@ -173,7 +191,7 @@ impl Row {
     }
 }
 
-fn div(a: f64, b: f64) -> f64 {
+pub(crate) fn div(a: f64, b: f64) -> f64 {
     if b > 0.0 {
         a / b
     } else {
@@ -197,7 +215,7 @@ impl Env {
         }
     }
 
-    fn stress_run(
+    pub(crate) fn stress_run(
         &self,
         servers: &[&Server],
         connections: u64,
@@ -419,31 +437,46 @@ fn idle_hold_one(env: &Env, kind: Kind, p: &Params, n: u64, s: Scenario) -> io::
 
 /// One CPU sample and when it was taken.
 #[derive(Clone, Copy)]
-struct Sample {
-    at: Instant,
-    cpu: Cpu,
+pub(crate) struct Sample {
+    pub at: Instant,
+    /// The servers under test, summed.
+    pub cpu: Cpu,
+    /// Other processes read at the same moment and reported apart (the cluster
+    /// scenarios' redis-server); zero when there are none.
+    pub aux: Cpu,
 }
 
-/// Polls the published counter every millisecond until it moves past `before`; returns
-/// the CPU sample taken just before the last status request that had not yet seen the
-/// publish (so the window contains the whole publish) and the moment it was seen.
+impl Sample {
+    /// Reads the CPU time of `servers` (summed) and of the processes `aux` (summed).
+    pub(crate) fn take(servers: &[&Server], aux: &[u32]) -> io::Result<Sample> {
+        let at = Instant::now();
+        let cpu = servers
+            .iter()
+            .try_fold(Cpu::default(), |a, s| Ok::<_, io::Error>(a.add(s.cpu()?)))?;
+        let aux = aux.iter().try_fold(Cpu::default(), |a, &p| {
+            Ok::<_, io::Error>(a.add(measure::cpu(p)?))
+        })?;
+        Ok(Sample { at, cpu, aux })
+    }
+}
+
+/// Polls `watch`'s published counter every millisecond until it moves past `before`;
+/// returns the CPU sample (of `servers` and `aux`) taken just before the last status
+/// request that had not yet seen the publish (so the window contains the whole publish)
+/// and the moment it was seen.
 fn wait_publish(
-    server: &Server,
+    servers: &[&Server],
+    aux: &[u32],
+    watch: &Server,
     stress: &mut Proc,
     before: u64,
     limit: Duration,
 ) -> io::Result<Option<(Sample, Instant)>> {
     let deadline = Instant::now() + limit;
-    let mut prev = Sample {
-        at: Instant::now(),
-        cpu: server.cpu()?,
-    };
+    let mut prev = Sample::take(servers, aux)?;
     loop {
-        let cur = Sample {
-            at: Instant::now(),
-            cpu: server.cpu()?,
-        };
-        if server.status()?.published > before {
+        let cur = Sample::take(servers, aux)?;
+        if watch.status()?.published > before {
             return Ok(Some((prev, Instant::now())));
         }
         if Instant::now() >= deadline || !matches!(stress.try_wait(), Ok(None)) {
@@ -456,7 +489,8 @@ fn wait_publish(
 
 /// CPU samples every `every` until the stress tool exits or `limit` passes.
 fn sample_until_exit(
-    server: &Server,
+    servers: &[&Server],
+    aux: &[u32],
     stress: &mut Proc,
     every: Duration,
     limit: Duration,
@@ -464,10 +498,7 @@ fn sample_until_exit(
     let deadline = Instant::now() + limit;
     let mut v = Vec::new();
     loop {
-        let s = Sample {
-            at: Instant::now(),
-            cpu: server.cpu()?,
-        };
+        let s = Sample::take(servers, aux)?;
         let exited = !matches!(stress.try_wait(), Ok(None));
         // A sample taken after the tool exited may include the work of closing its
         // connections, which is not part of what is measured.
@@ -479,8 +510,8 @@ fn sample_until_exit(
     }
 }
 
-/// The CPU samples scenarios 2 and 3 measure over.
-struct PublishWindow {
+/// The CPU samples scenarios 2 and 3 (and the cluster fan-out) measure over.
+pub(crate) struct PublishWindow {
     /// Taken just before the status request that first saw a publish, so the window
     /// contains the whole publish.
     start: Sample,
@@ -490,13 +521,17 @@ struct PublishWindow {
     samples: Vec<Sample>,
 }
 
-/// Runs `run` (which publishes) against `server`: waits until its connections are held
-/// (`held` in `row`) and for the first publish, samples the server's CPU every `every`
-/// until the stress tool exits, and takes its summary into `row`. None, noted in `row`,
-/// if no publish was seen on the server's counters.
-fn publish_window(
+/// Runs `run` (which publishes) against `servers`: waits until their connections are
+/// held (`held` in `row`) and for the first publish on `watch`, samples the CPU of
+/// `servers` (summed) and of `aux` every `every` until the stress tool exits, and takes
+/// its summary into `row`. None, noted in `row`, if no publish was seen on `watch`'s
+/// counters.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn publish_window(
     env: &Env,
-    server: &Server,
+    servers: &[&Server],
+    aux: &[u32],
+    watch: &Server,
     row: &mut Row,
     run: &mut stress::Run,
     tag: &str,
@@ -505,16 +540,18 @@ fn publish_window(
 ) -> io::Result<Option<PublishWindow>> {
     let n = run.connections;
     let (mut sp, json) = env.spawn_stress(run, tag)?;
-    let h = wait_held(&[server], &mut sp, n, ramp_limit(n, p))?;
+    let h = wait_held(servers, &mut sp, n, ramp_limit(n, p))?;
     row.set("held", h as f64);
-    let published0 = server.status()?.published;
+    let published0 = watch.status()?.published;
     let found = wait_publish(
-        server,
+        servers,
+        aux,
+        watch,
         &mut sp,
         published0,
         run.hold + Duration::from_secs(10),
     )?;
-    let samples = sample_until_exit(server, &mut sp, every, run.max_time)?;
+    let samples = sample_until_exit(servers, aux, &mut sp, every, run.max_time)?;
     let end = finish_stress(sp, &json, run.max_time);
     row.take_summary(&end);
     let Some((start, seen)) = found else {
@@ -544,14 +581,27 @@ pub fn fanout(env: &Env, kind: Kind, p: &Params, s: Scenario) -> io::Result<Row>
     run.publish = 1;
     let tag = format!("{}-{tag}", kind.name());
     let every = Duration::from_millis(1);
-    let Some(PublishWindow {
-        start,
-        seen,
-        samples,
-    }) = publish_window(env, &server, &mut row, &mut run, &tag, every, p)?
-    else {
-        return Ok(row);
-    };
+    if let Some(w) = publish_window(
+        env,
+        &[&server],
+        &[],
+        &server,
+        &mut row,
+        &mut run,
+        &tag,
+        every,
+        p,
+    )? {
+        fanout_metrics(env, &mut row, &w);
+    }
+    Ok(row)
+}
+
+/// The fan-out figures of one publish window into `row`: server CPU from just before
+/// the publish to the last receipt, per delivery, and the wall time to the last
+/// receipt. Returns the CPU the window's `aux` processes used over the same interval.
+pub(crate) fn fanout_metrics(env: &Env, row: &mut Row, w: &PublishWindow) -> Cpu {
+    let (start, seen, samples) = (w.start, w.seen, &w.samples);
     // The last receipt happened at most `latency max` after the publish, which itself
     // happened before `seen` (0 when the stress tool reported no latency).
     let max_us = row.get("latency_max_us").unwrap_or(0.0);
@@ -576,7 +626,7 @@ pub fn fanout(env: &Env, kind: Kind, p: &Params, s: Scenario) -> io::Result<Row>
         div(cpu.ticks as f64 * 1e6 / env.clk_tck as f64, received),
     );
     row.set("wall_to_last_ms", max_us / 1e3);
-    Ok(row)
+    last.aux.since(start.aux)
 }
 
 /// Scenario 3: M subscribers on one channel, K messages published `cycle_interval_ms`
@@ -592,8 +642,17 @@ pub fn poll_cycle(env: &Env, kind: Kind, p: &Params) -> io::Result<Row> {
     run.publish_interval = Some(Duration::from_millis(p.cycle_interval_ms));
     let tag = format!("{}-cycle", kind.name());
     let every = Duration::from_millis(2);
-    let Some(PublishWindow { start, samples, .. }) =
-        publish_window(env, &server, &mut row, &mut run, &tag, every, p)?
+    let Some(PublishWindow { start, samples, .. }) = publish_window(
+        env,
+        &[&server],
+        &[],
+        &server,
+        &mut row,
+        &mut run,
+        &tag,
+        every,
+        p,
+    )?
     else {
         return Ok(row);
     };
@@ -719,6 +778,7 @@ mod tests {
                         ticks: 0,
                         ns: total,
                     },
+                    aux: Cpu::default(),
                 }
             })
             .collect()
@@ -730,6 +790,7 @@ mod tests {
         let start = Sample {
             at: base,
             cpu: Cpu::default(),
+            aux: Cpu::default(),
         };
         // 75 % of 2 ms. The pattern: busy, a short pause (4 ms), busy, then 40 ms idle,
         // then the stress tool's close burst.
@@ -749,6 +810,7 @@ mod tests {
         let start = Sample {
             at: base,
             cpu: Cpu::default(),
+            aux: Cpu::default(),
         };
         let busy = 1_500_000;
         let mut v = vec![busy];
@@ -766,6 +828,7 @@ mod tests {
         let start = Sample {
             at: base,
             cpu: Cpu::default(),
+            aux: Cpu::default(),
         };
         // The harness was descheduled for 40 ms; the server did 1 ms of work meanwhile.
         let first = Sample {
@@ -774,6 +837,7 @@ mod tests {
                 ticks: 0,
                 ns: 1_000_000,
             },
+            aux: Cpu::default(),
         };
         let mut all = vec![start, first];
         all.extend(
@@ -852,6 +916,7 @@ mod tests {
         let start = Sample {
             at: base,
             cpu: Cpu::default(),
+            aux: Cpu::default(),
         };
         let s = samples(base, &[0; 30]);
         assert_eq!(delivery_end(&s, start, base).at, base);

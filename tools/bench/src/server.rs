@@ -69,7 +69,7 @@ pub struct Nchan {
 }
 
 /// A temporary directory removed on drop.
-struct TempDir(PathBuf);
+pub(crate) struct TempDir(pub(crate) PathBuf);
 
 impl Drop for TempDir {
     fn drop(&mut self) {
@@ -103,12 +103,28 @@ pub struct Status {
 impl Server {
     /// Starts holdfast or holdfast-tokio (`bin`) on free loopback ports.
     pub fn start_holdfast(kind: Kind, bin: &Path, threads: u32, log: &Path) -> io::Result<Server> {
+        Server::start_holdfast_with(kind, bin, threads, log, &[])
+    }
+
+    /// [`Server::start_holdfast`] with `extra` flags after the common ones (cluster
+    /// mode: `--redis URL --redis-prefix P`).
+    pub fn start_holdfast_with(
+        kind: Kind,
+        bin: &Path,
+        threads: u32,
+        log: &Path,
+        extra: &[String],
+    ) -> io::Result<Server> {
         let mut cmd = Command::new(bin);
         cmd.args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
             .args(["--threads", &threads.to_string()])
             .args(["--poll-timeout", &format!("{POLL_TIMEOUT_SECS}s")])
             .args(["--max-poll-timeout", &format!("{POLL_TIMEOUT_SECS}s")])
             .args(["--sse-heartbeat", &format!("{SSE_HEARTBEAT_SECS}s")])
+            .args(extra)
+            // holdfast reads `--redis` from HOLDFAST_REDIS too: a standalone node must
+            // not turn into a cluster node because the harness's caller has it set.
+            .env_remove("HOLDFAST_REDIS")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(fs::File::create(log)?));
@@ -278,14 +294,14 @@ impl Server {
     }
 }
 
-fn unique() -> u64 {
+pub(crate) fn unique() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
     N.fetch_add(1, Ordering::Relaxed)
 }
 
 /// A loopback port that was free a moment ago (nginx needs a number in its config).
-fn free_port() -> io::Result<SocketAddr> {
+pub fn free_port() -> io::Result<SocketAddr> {
     TcpListener::bind("127.0.0.1:0")?.local_addr()
 }
 
