@@ -551,4 +551,36 @@ mod tests {
         let latest = Reply::Array(vec![b("100"), b("50")]);
         assert_eq!(parse_fetch(&latest, 2).unwrap().newest, 100);
     }
+
+    proptest::proptest! {
+        /// Whatever arrives on our pub/sub channel (another writer, a corrupted or
+        /// truncated message): parsed or refused, never a panic; and whatever the
+        /// scripts render parses back to itself.
+        #[test]
+        fn any_bytes_parse_or_are_refused(b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64)) {
+            let _ = Envelope::parse(&b);
+            let mut m = b"M 5 1 2 3\n".to_vec();
+            m.extend_from_slice(&b);
+            let _ = Envelope::parse(&m);
+        }
+
+        #[test]
+        fn rendered_envelopes_round_trip(
+            id in 1u64..u64::MAX,
+            floor in proptest::prelude::any::<u64>(),
+            epoch in proptest::prelude::any::<u64>(),
+            ct in proptest::option::of(proptest::collection::vec(proptest::prelude::any::<u8>(), 0..16)),
+            payload in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+        ) {
+            let e = Envelope::Message {
+                id,
+                floor,
+                epoch,
+                content_type: ct.as_deref(),
+                payload: &payload,
+            };
+            let bytes = e.render();
+            proptest::prop_assert_eq!(Envelope::parse(&bytes), Some(e));
+        }
+    }
 }
