@@ -104,6 +104,12 @@ pub struct Config {
     #[arg(long, value_name = "PREFIX", default_value = "holdfast", value_parser = parse_prefix)]
     pub redis_prefix: String,
 
+    /// Every admin request but /health must carry `Authorization: Bearer <secret>`, the
+    /// secret being this file's contents (one line; the trailing newline is not part of
+    /// it).
+    #[arg(long, value_name = "FILE")]
+    pub admin_token_file: Option<std::path::PathBuf>,
+
     /// Longest wait for Redis before a publish, delete or catch-up read gets 503.
     #[arg(long, value_name = "DUR", default_value = "2s", value_parser = parse_duration)]
     pub redis_timeout: Duration,
@@ -161,6 +167,15 @@ impl Config {
             let reserve = FD_RESERVE_BASE + FD_RESERVE_PER_THREAD * self.thread_count() as u64;
             nofile.saturating_sub(reserve).max(1) as usize
         })
+    }
+
+    /// The admin secret, if `--admin-token-file` was given; a message for the user if
+    /// the file cannot serve as one.
+    pub fn admin_token(&self) -> Result<Option<crate::auth::AdminToken>, String> {
+        self.admin_token_file
+            .as_deref()
+            .map(crate::auth::AdminToken::load)
+            .transpose()
     }
 
     /// Cross-flag checks clap cannot express. Returns a message for the user.

@@ -2,7 +2,7 @@
 //! package's binary (`src/server/`) and the tokio peer (`tools/tokio-peer`). Neither the
 //! event loop nor any socket code is in this library, so the peer cannot reach them.
 //!
-//! Map: [`config`] (flags) · [`store`] (channels, buffers, ids, gaps; tells a
+//! Map: [`config`] (flags) · [`auth`] (the admin secret) · [`store`] (channels, buffers, ids, gaps; tells a
 //! [`store::Notifier`] about messages) · [`subscribe`] (what a subscribe request asks
 //! for) · [`stream`] (stream framing: SSE today) · [`http`] (request heads, request
 //! framing, chunked bodies, response rendering) · [`buffer`] (a connection's read buffer
@@ -11,6 +11,7 @@
 //! The contract all of it implements is `docs/protocol.md`.
 #![deny(unsafe_code)]
 
+pub mod auth;
 pub mod buffer;
 pub mod cluster;
 pub mod config;

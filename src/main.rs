@@ -36,7 +36,10 @@ fn main() -> ExitCode {
         Ok(h) => h,
         Err(e) => {
             eprintln!("holdfast: {e}");
-            return ExitCode::from(1);
+            // A flag's file that cannot serve (--admin-token-file) is bad input, like
+            // a bad flag; anything else (a listener that cannot be bound) is not.
+            let bad_input = e.kind() == std::io::ErrorKind::InvalidInput;
+            return ExitCode::from(if bad_input { 2 } else { 1 });
         }
     };
     {

@@ -5,7 +5,7 @@ mod common;
 
 use std::process::Command;
 
-const FLAGS: [&str; 13] = [
+const FLAGS: [&str; 17] = [
     "--listen",
     "--admin-listen",
     "--threads",
@@ -19,6 +19,10 @@ const FLAGS: [&str; 13] = [
     "--max-connections",
     "--sse-heartbeat",
     "--sse-max-backlog",
+    "--admin-token-file",
+    "--redis",
+    "--redis-prefix",
+    "--redis-timeout",
 ];
 
 fn run(args: &[&str]) -> (Option<i32>, String, String) {

@@ -86,6 +86,8 @@ pub struct Request<'a> {
     pub wants_sse: bool,
     pub last_event_id: Option<&'a [u8]>,
     pub content_type: Option<&'a [u8]>,
+    /// `Authorization` (the admin secret; later, subscriber tokens).
+    pub authorization: Option<&'a [u8]>,
     /// The client address a proxy reported: `X-Real-IP`, else the last `X-Forwarded-For`
     /// entry (the one the nearest proxy appended). Only meaningful behind a trusted proxy.
     pub forwarded_for: Option<&'a [u8]>,
@@ -234,6 +236,7 @@ pub fn parse_head(buf: &[u8]) -> Result<Parsed<'_>, HeadError> {
     let mut wants_sse = false;
     let mut last_event_id = None;
     let mut content_type = None;
+    let mut authorization = None;
     let mut real_ip = None;
     let mut xff = None;
     for h in req.headers.iter() {
@@ -266,6 +269,8 @@ pub fn parse_head(buf: &[u8]) -> Result<Parsed<'_>, HeadError> {
             last_event_id = Some(value);
         } else if name.eq_ignore_ascii_case(b"content-type") {
             content_type = Some(value);
+        } else if name.eq_ignore_ascii_case(b"authorization") {
+            authorization = Some(value);
         } else if name.eq_ignore_ascii_case(b"x-real-ip") {
             real_ip = Some(value);
         } else if name.eq_ignore_ascii_case(b"x-forwarded-for") {
@@ -300,6 +305,7 @@ pub fn parse_head(buf: &[u8]) -> Result<Parsed<'_>, HeadError> {
         wants_sse,
         last_event_id,
         content_type,
+        authorization,
         forwarded_for: real_ip.or(xff).filter(|v| !v.is_empty()),
         head_len,
     }))

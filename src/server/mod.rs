@@ -101,6 +101,9 @@ pub fn start(cfg: &Config) -> io::Result<Handle> {
     if let Err(msg) = cfg.validate() {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, msg));
     }
+    let admin_token = cfg
+        .admin_token()
+        .map_err(|msg| io::Error::new(io::ErrorKind::InvalidInput, msg))?;
     let threads = cfg.thread_count();
     let nofile = sys::raise_fd_limit().unwrap_or(1024);
     let max_connections = cfg.max_connections_for(nofile);
@@ -130,6 +133,7 @@ pub fn start(cfg: &Config) -> io::Result<Handle> {
     let shared = Arc::new(Shared {
         store,
         backplane,
+        admin_token,
         stats: Stats::default(),
         mailboxes,
         shutdown: AtomicBool::new(false),

@@ -64,6 +64,19 @@ impl Worker {
                 _ => self.not_allowed(req, b"GET, HEAD"),
             };
         }
+        if admin {
+            if let Some(t) = &self.shared.admin_token {
+                if !t.allows(req.authorization) {
+                    return self.respond(
+                        req,
+                        401,
+                        &[("WWW-Authenticate", b"Bearer realm=\"holdfast admin\"")],
+                        Some(b"text/plain; charset=utf-8"),
+                        b"admin token required\n",
+                    );
+                }
+            }
+        }
         if !admin {
             if let Some(chs) = path.strip_prefix(b"/sub/") {
                 return match m {

@@ -55,6 +55,8 @@ pub struct Shared {
     pub store: Store,
     /// Cluster mode's Redis side (`None` standalone).
     pub backplane: Option<Arc<Backplane>>,
+    /// `--admin-token-file`: the secret every admin request but `/health` must carry.
+    pub admin_token: Option<holdfast::auth::AdminToken>,
     pub stats: Stats,
     pub mailboxes: Arc<Mailboxes>,
     pub shutdown: AtomicBool,

@@ -39,6 +39,11 @@ fn main() -> ExitCode {
         eprintln!("holdfast-tokio: {msg}");
         return ExitCode::from(2);
     }
+    // Checked before anything starts, like a bad flag (the server reads it again).
+    if let Err(msg) = cfg.admin_token() {
+        eprintln!("holdfast-tokio: {msg}");
+        return ExitCode::from(2);
+    }
     if cfg.redis.is_some() {
         // The peer is the single-node comparison point (README); cluster mode is the
         // mio server's alone.

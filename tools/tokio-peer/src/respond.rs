@@ -91,6 +91,16 @@ pub fn text(status: StatusCode, body: &'static str) -> Response<Body> {
     )
 }
 
+/// `401`: an admin request without the admin secret (`--admin-token-file`).
+pub fn admin_token_required() -> Response<Body> {
+    let mut r = text(StatusCode::UNAUTHORIZED, "admin token required\n");
+    r.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Bearer realm=\"holdfast admin\""),
+    );
+    r
+}
+
 pub fn json(status: StatusCode, body: Vec<u8>) -> Response<Body> {
     with_body(status, JSON, Body::full(body))
 }

@@ -64,6 +64,8 @@ pub struct App {
     pub stats: Stats,
     pub hub: Arc<Hub>,
     pub limits: Limits,
+    /// `--admin-token-file`: the secret every admin request but `/health` must carry.
+    pub admin_token: Option<holdfast::auth::AdminToken>,
     pub max_connections: usize,
     shutdown: watch::Sender<bool>,
     epoch: Instant,
@@ -112,6 +114,9 @@ pub struct Server {
 impl Server {
     /// Binds both listeners and starts accepting.
     pub async fn bind(cfg: &Config) -> io::Result<Server> {
+        let admin_token = cfg
+            .admin_token()
+            .map_err(|msg| io::Error::new(io::ErrorKind::InvalidInput, msg))?;
         let nofile = holdfast::sys::raise_fd_limit().unwrap_or(1024);
         let max_connections = cfg.max_connections_for(nofile);
         let public_l = listen(cfg.listen).map_err(|e| {
@@ -132,6 +137,7 @@ impl Server {
             store: Store::new(cfg.store_config(), hub.clone()),
             stats: Stats::default(),
             hub,
+            admin_token,
             limits: Limits {
                 max_message_size: cfg.max_message_size as usize,
                 holds: cfg.holds(),

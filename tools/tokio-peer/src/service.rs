@@ -176,6 +176,12 @@ async fn route(
             respond::not_allowed("GET, HEAD")
         };
     }
+    if let Some(t) = app.admin_token.as_ref().filter(|_| admin) {
+        let auth = parts.headers.get(hyper::header::AUTHORIZATION);
+        if !t.allows(auth.map(|v| v.as_bytes())) {
+            return respond::admin_token_required();
+        }
+    }
     if !admin {
         return match path.strip_prefix("/sub/") {
             Some(list) if parts.method == Method::GET => {
