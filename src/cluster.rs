@@ -11,7 +11,7 @@
 //! | `P:id` | string | the newest id issued by any node |
 //! | `P:epoch` | string | the first id issued since Redis's data began (it changes when Redis comes back empty) |
 //! | `P:s:{ch}` | stream | the channel's buffer: entry `{id}-0`, fields `t` (content type, optional) and `d` (payload); `PEXPIRE` = the message TTL |
-//! | `P:c:{ch}` | hash | `last` (newest id published), `lost` (newest id no longer buffered), `del` (deleted since its last publish); `PEXPIRE` = TTL + [`META_GRACE_MS`] |
+//! | `P:c:{ch}` | hash | `last` (newest id published), `lost` (newest id no longer buffered), `del` (deleted since its last publish), `deleted` (id of its newest delete); `PEXPIRE` = TTL + [`META_GRACE_MS`] |
 //! | `P:p:{ch}` | pub/sub channel | one envelope per publish or delete |
 //!
 //! Invariants the scripts keep (each runs atomically inside Redis):
@@ -24,7 +24,9 @@
 //!   epoch one second of ids above the clock and everything the node saw, with `P:id`
 //!   just under it: ids issued before the loss stay below the epoch unless they had run
 //!   more than a second ahead of what that node saw, and every cursor below it is told
-//!   of a gap.
+//!   of a gap. (A read whose cursor is above `P:id` is told of a gap too. What no
+//!   running node saw and no cursor shows, holdfast cannot know: `tuning/redis.conf`
+//!   says what to do if Redis and every node that published to it can fail together.)
 //! - The id is assigned, the message buffered and the envelope published in one script,
 //!   so every node subscribed to the channel receives envelopes in id order on its one
 //!   pub/sub connection, and a read of `P:id` after a subscription is confirmed marks
@@ -43,6 +45,10 @@ use std::sync::Arc;
 /// this long after the channel's messages expired still hears that it missed them.
 /// Past it the horizon rule answers (a false alarm at worst, never silence).
 pub const META_GRACE_MS: u64 = 3_600_000;
+
+/// The largest id the scripts handle exactly (Lua numbers are doubles). Ids are the
+/// clock in microseconds, about 1.8 × 10^15 today, far below it.
+pub const MAX_ID: u64 = (1 << 53) - 1;
 
 /// Key names under one prefix.
 #[derive(Debug, Clone)]

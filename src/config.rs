@@ -97,7 +97,13 @@ pub struct Config {
     /// deletes are shared; a publish on any node reaches every node's subscribers).
     /// Form: redis://[:PASSWORD@]HOST[:PORT][/DB]. Also read from HOLDFAST_REDIS, so a
     /// password need not appear in the process list.
-    #[arg(long, value_name = "URL", env = "HOLDFAST_REDIS", hide_env_values = true, value_parser = parse_redis_url)]
+    /// (Checked by `validate`, not by clap, whose error would print the password.)
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "HOLDFAST_REDIS",
+        hide_env_values = true
+    )]
     pub redis: Option<String>,
 
     /// Prefix of every Redis key and pub/sub channel, so deployments can share a Redis.
@@ -169,6 +175,11 @@ impl Config {
         })
     }
 
+    /// `--redis` (or `HOLDFAST_REDIS`), if given and not empty: cluster mode.
+    pub fn redis_url(&self) -> Option<&str> {
+        self.redis.as_deref().filter(|u| !u.is_empty())
+    }
+
     /// The admin secret, if `--admin-token-file` was given; a message for the user if
     /// the file cannot serve as one.
     pub fn admin_token(&self) -> Result<Option<crate::auth::AdminToken>, String> {
@@ -211,6 +222,9 @@ impl Config {
                 crate::store::MESSAGE_OVERHEAD
             ));
         }
+        if let Some(url) = self.redis_url() {
+            check_redis_url(url)?;
+        }
         if self.redis_timeout.is_zero() {
             return Err("--redis-timeout must be greater than 0".into());
         }
@@ -251,29 +265,32 @@ fn parse_positive(s: &str) -> Result<usize, String> {
 }
 
 /// Checks `redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]` (the client library parses it
-/// again; this gives a clear message before anything starts).
-fn parse_redis_url(s: &str) -> Result<String, String> {
-    let rest = s
-        .strip_prefix("redis://")
-        .ok_or_else(|| format!("'{s}' is not a redis:// URL (form: redis://HOST:PORT[/DB])"))?;
+/// again; this gives a clear message before anything starts). Messages never repeat
+/// the user or password.
+fn check_redis_url(s: &str) -> Result<(), String> {
+    let Some(rest) = s.strip_prefix("redis://") else {
+        return Err(
+            "--redis: not a redis:// URL (form: redis://[:PASSWORD@]HOST[:PORT][/DB])".into(),
+        );
+    };
     let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
     let (hostport, db) = rest.split_once('/').unwrap_or((rest, ""));
     if !db.is_empty() && db.parse::<u32>().is_err() {
-        return Err(format!("database '{db}' is not a number"));
+        return Err(format!("--redis: database '{db}' is not a number"));
     }
     let (host, port) = match hostport.rsplit_once(':') {
         Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (h, Some(p)),
         _ => (hostport, None),
     };
     if host.is_empty() {
-        return Err(format!("'{s}' has no host"));
+        return Err("--redis: the URL has no host".into());
     }
     if let Some(p) = port {
         if p.parse::<u16>().map_or(true, |p| p == 0) {
-            return Err(format!("port '{p}' is not a port number"));
+            return Err(format!("--redis: port '{p}' is not a port number"));
         }
     }
-    Ok(s.to_string())
+    Ok(())
 }
 
 /// `[A-Za-z0-9._-]{1,64}`: it becomes part of every key.
@@ -423,9 +440,14 @@ mod tests {
             "redis://h:1/3",
             "redis://:secret@h:6379/0",
         ] {
-            let c = Config::try_parse_from(["holdfast", "--redis", ok]);
-            assert_eq!(c.ok().and_then(|c| c.redis).as_deref(), Some(ok), "{ok}");
+            let c = Config::parse_from(["holdfast", "--redis", ok]);
+            assert_eq!(c.validate(), Ok(()), "{ok}");
+            assert_eq!(c.redis_url(), Some(ok), "{ok}");
         }
+        assert_eq!(
+            Config::parse_from(["holdfast", "--redis", ""]).redis_url(),
+            None
+        );
         for bad in [
             "127.0.0.1:6379",
             "http://h:1",
@@ -433,10 +455,16 @@ mod tests {
             "redis://h:0",
             "redis://h:99999",
             "redis://h:1/x",
+            "rediss://:pw-not-printed@h:1",
+            "redis://:pw-not-printed@h:0",
         ] {
+            let e = Config::parse_from(["holdfast", "--redis", bad])
+                .validate()
+                .expect_err(bad);
+            assert!(e.contains("--redis"), "{e}");
             assert!(
-                Config::try_parse_from(["holdfast", "--redis", bad]).is_err(),
-                "{bad} accepted"
+                !e.contains("pw-not-printed"),
+                "the password is printed: {e}"
             );
         }
         assert!(Config::try_parse_from(["holdfast", "--redis-prefix", "a:b"]).is_err());

@@ -1192,6 +1192,28 @@ fn a_node_with_a_smaller_buffer_replays_everything_redis_holds() {
     }
 }
 
+/// A cursor no id can reach (a client made it up, past what Redis's scripts count
+/// exactly) is answered like any cursor above everything: the poll times out, and the
+/// node's Redis connection is not disturbed.
+#[test]
+fn a_made_up_cursor_past_every_id_is_just_a_cursor() {
+    if skip("a_made_up_cursor_past_every_id_is_just_a_cursor") {
+        return;
+    }
+    let c = Cluster::start(1, &[]);
+    let a = c.node(0);
+    for cursor in [u64::MAX, 1 << 53, (1 << 53) + 1] {
+        let r = poll(
+            a.public,
+            &format!("/sub/never{cursor}?since={cursor}&timeout=0"),
+        );
+        assert_eq!(r.status, 204, "since={cursor}: {}", r.brief());
+    }
+    let r = pub_msg(a.admin, "never", "after");
+    assert!(!r.id.is_empty());
+    assert_eq!(stat(a.admin, "backplane_publish_errors"), 0);
+}
+
 // --- 13 --------------------------------------------------------------------------------
 
 /// `--buffer-messages 2`: five messages published on B push three out of the channel's

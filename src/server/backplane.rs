@@ -18,8 +18,9 @@
 //! publishes inside the script that assigns the id, so messages arrive in id order; the
 //! store appends them with [`Store::append`], which refuses an id it has already passed
 //! (a duplicate). After a (re)connect the reader holds what arrives while control
-//! re-subscribes, reads `P:id` (= `R`), reads every held channel's entries in
-//! `(newest appended, R]` from the streams, appends them in id order, and only then
+//! re-subscribes, reads `P:id` (= `R`), reads the entries and deletes in
+//! `(newest appended, R]` of every channel subscribed when the connection opened
+//! (a page at a time, all bounded by `R`), applies them in id order, and only then
 //! lets the reader apply what it held (ids up to `R` come back as duplicates). So a
 //! node cut off for a while delivers what it missed, in order, without a false gap; what
 //! Redis itself no longer has is reported through the channel's lost floor.
@@ -292,8 +293,9 @@ impl Backplane {
     /// A new epoch means Redis lost its data: every older cursor may have missed
     /// messages.
     fn see_epoch(&self, shared: &Shared, epoch: u64) {
-        let old = self.epoch.swap(epoch, SeqCst);
-        if old != 0 && old != epoch {
+        // Only forward: a late envelope from before the loss must not flip it back.
+        let old = self.epoch.fetch_max(epoch, SeqCst);
+        if old != 0 && old < epoch {
             eprintln!(
                 "holdfast: redis: data began again (epoch {old} -> {epoch}); older cursors are told of a gap"
             );
@@ -883,7 +885,7 @@ impl Control {
         }
         for (base, chunk) in chunks {
             let refs: Vec<&str> = chunk.iter().map(String::as_str).collect();
-            let Some(f) = self.fetch_all(&refs, from, &newest) else {
+            let Some(f) = self.fetch_all(&refs, from, &newest, None) else {
                 self.drop_sub("catch-up read failed");
                 return;
             };
@@ -937,7 +939,8 @@ impl Control {
         }
         drop(feed);
         sub.caught_up = true;
-        // The reader could not report pongs while it was held: start the probe afresh.
+        // The catch-up took this thread's time (pongs may wait in the queue): start the
+        // probe afresh rather than judge the connection by it.
         let now = Instant::now();
         sub.ping_sent = None;
         sub.last_pong = now;
@@ -1010,7 +1013,7 @@ impl Control {
             let f = match (c, *all) {
                 (None, _) => self.fetch(&refs, None, 0, ""),
                 (Some(c), false) => self.fetch(&refs, Some(c), 1, ""),
-                (Some(c), true) => self.fetch_all(&refs, c, ""),
+                (Some(c), true) => self.fetch_all(&refs, c, "", Some(at + self.bp.timeout)),
             };
             let Some(mut f) = f else {
                 reply(&self.shared, *to, Reply::Unavailable);
@@ -1032,7 +1035,9 @@ impl Control {
                     for (name, floor) in refs.iter().zip(&f.floors) {
                         store.raise_floor(name, *floor);
                     }
-                    let lost = f.lost_for(c);
+                    // A cursor above every id Redis has issued comes from data Redis no
+                    // longer has (or was forged): a false alarm at worst.
+                    let lost = f.lost_for(c) || c > f.newest;
                     if !*all {
                         f.entries.truncate(1);
                     }
@@ -1073,12 +1078,22 @@ impl Control {
     /// keeps as many as the publishing node's `--buffer-messages`, which may be more
     /// than this node's. Each page is cut at the oldest "last entry" of the channels
     /// that filled it, so the pages join without a hole.
-    fn fetch_all(&mut self, names: &[&str], from: u64, newest: &str) -> Option<Fetched> {
+    fn fetch_all(
+        &mut self,
+        names: &[&str],
+        from: u64,
+        newest: &str,
+        deadline: Option<Instant>,
+    ) -> Option<Fetched> {
         let per = self.bp.cap.max(PAGE_MIN);
         let mut out: Option<Fetched> = None;
         let mut cursor = from;
         let mut bound = newest.to_string();
         loop {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                // Its worker has answered 503 by now: stop reading for it.
+                return None;
+            }
             let mut f = self.fetch(names, Some(cursor), per, &bound)?;
             f.sort();
             let mut filled = vec![0usize; names.len()];
@@ -1099,10 +1114,23 @@ impl Control {
                     bound = f.newest.to_string();
                     out = Some(f);
                 }
-                Some(o) => o.entries.append(&mut f.entries),
+                Some(o) => {
+                    o.entries.append(&mut f.entries);
+                    // Trims and deletes between two pages count: the highest floor.
+                    for (a, b) in o.floors.iter_mut().zip(&f.floors) {
+                        *a = (*a).max(*b);
+                    }
+                    for (a, b) in o.deletes.iter_mut().zip(&f.deletes) {
+                        *a = (*a).max(*b);
+                    }
+                }
             }
             match cut {
-                Some(cut) => cursor = cut,
+                Some(cut) if cut > cursor => cursor = cut,
+                Some(_) => {
+                    eprintln!("holdfast: redis: a read did not advance; stream entries not written by holdfast?");
+                    return None;
+                }
                 None => return out,
             }
         }
@@ -1193,7 +1221,8 @@ impl Control {
         }
     }
 
-    /// Runs the read script for `names` from `cursor` (`None`: the latest).
+    /// Runs the read script for `names` from `cursor` (`None`: the latest); once more
+    /// after reloading the scripts if Redis lost them.
     fn fetch(
         &mut self,
         names: &[&str],
@@ -1201,8 +1230,28 @@ impl Control {
         per_channel: usize,
         newest: &str,
     ) -> Option<Fetched> {
+        match self.fetch_once(names, cursor, per_channel, newest) {
+            Err(true) => {
+                self.drop_cmd("lost its scripts (NOSCRIPT)");
+                self.cmd_retry = Instant::now();
+                self.ensure_cmd();
+                self.fetch_once(names, cursor, per_channel, newest).ok()
+            }
+            r => r.ok(),
+        }
+    }
+
+    /// [`fetch`](Control::fetch) without the retry: `Err(true)` if Redis had lost the
+    /// scripts.
+    fn fetch_once(
+        &mut self,
+        names: &[&str],
+        cursor: Option<u64>,
+        per_channel: usize,
+        newest: &str,
+    ) -> Result<Fetched, bool> {
         let (Some(con), Some(shas)) = (self.cmd.as_mut(), self.shas.as_ref()) else {
-            return None;
+            return Err(false);
         };
         let keys = &self.bp.keys;
         let mut c = redis::cmd("EVALSHA");
@@ -1214,7 +1263,9 @@ impl Control {
             c.arg(keys.stream(n)).arg(keys.meta(n));
         }
         match cursor {
-            Some(x) => c.arg(x),
+            // Lua numbers are doubles: a cursor past 2^53 (no id gets there; a client
+            // made it up) reads as "above everything", exactly.
+            Some(x) => c.arg(x.min(cluster::MAX_ID)),
             None => c.arg("L"),
         };
         let node_last = self.shared.store.last_id().max(self.bp.seen.load(SeqCst));
@@ -1230,17 +1281,23 @@ impl Control {
                     &to_reply(&v),
                     if cursor.is_some() { names.len() } else { 0 },
                 );
-                if f.is_none() {
+                let Some(f) = f else {
                     eprintln!("holdfast: redis: unexpected read reply {v:?}");
-                }
-                let f = f?;
+                    return Err(false);
+                };
                 self.bp.see_epoch(&self.shared, f.epoch);
                 self.bp.seen.fetch_max(f.newest, SeqCst);
-                Some(f)
+                Ok(f)
             }
-            Err(e) => {
+            Err(e) if e.code() == Some("NOSCRIPT") => Err(true),
+            Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_timeout() => {
                 self.drop_cmd(&format!("failed ({e})"));
-                None
+                Err(false)
+            }
+            // Redis answered with an error (a script refused): the connection is fine.
+            Err(e) => {
+                eprintln!("holdfast: redis: read refused: {e}");
+                Err(false)
             }
         }
     }

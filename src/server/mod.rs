@@ -117,7 +117,7 @@ pub fn start(cfg: &Config) -> io::Result<Handle> {
     }
     let mailboxes = Arc::new(Mailboxes::new(&polls)?);
     let ms = |d: Duration| d.as_millis() as u64;
-    let backplane = cfg.redis.as_deref().map(|url| {
+    let backplane = cfg.redis_url().map(|url| {
         Arc::new(Backplane::new(
             url,
             &cfg.redis_prefix,

@@ -44,7 +44,7 @@ fn main() -> ExitCode {
         eprintln!("holdfast-tokio: {msg}");
         return ExitCode::from(2);
     }
-    if cfg.redis.is_some() {
+    if cfg.redis_url().is_some() {
         // The peer is the single-node comparison point (README); cluster mode is the
         // mio server's alone.
         eprintln!("holdfast-tokio: --redis: the tokio peer has no cluster mode");
