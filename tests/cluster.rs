@@ -22,41 +22,20 @@ use std::net::{SocketAddr, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::cluster::{wait_health, Cluster};
+use common::cluster::{wait_health, Cluster, Rng};
 use common::http::{request_bytes, Conn, Response};
 use common::protocol::{
     assert_delivery, cursor_now, id_num, park, poll, publish, publish_full, publish_id, request,
     stat, wait_stat,
 };
-use common::server::{server_bin, testing_holdfast};
 use common::sse::{Sse, SseEvent};
 use common::timing::{now_micros, wait_until};
 
 const SEC: Duration = Duration::from_secs(1);
 const MS: Duration = Duration::from_millis(1);
 
-/// True (and says why on stderr) when the binary under test has no cluster mode.
 fn skip(test: &str) -> bool {
-    if testing_holdfast() {
-        return false;
-    }
-    eprintln!(
-        "{test}: skipped: {} is not holdfast; cluster mode (--redis) is holdfast only",
-        server_bin()
-    );
-    true
-}
-
-/// xorshift64*: a reproducible sequence without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
-    }
+    common::cluster::skip_without_cluster_mode(test)
 }
 
 /// A message as published.

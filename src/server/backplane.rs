@@ -476,9 +476,11 @@ impl Control {
             }
             self.run_writes(writes, true);
             self.subscribe_waiting();
-            if self.cmd.is_none() || self.sub.is_none() {
-                // Redis is out of reach right now: a subscribe that needs it is told at
-                // once rather than after --redis-timeout.
+            if self.cmd.is_none() {
+                // Redis is out of reach right now (the command connection could not be
+                // opened): a subscribe that needs it is told at once rather than after
+                // --redis-timeout. A pub/sub connection being replaced while commands
+                // work is a blip: those wait for it (bounded by the same timeout).
                 for (_, job) in self.waiting.drain(..) {
                     reply(&self.shared, job.to(), Reply::Unavailable);
                 }

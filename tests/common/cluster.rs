@@ -130,3 +130,28 @@ impl Cluster {
         }
     }
 }
+
+/// True (and says why on stderr) when the binary under test has no cluster mode: the
+/// tokio peer (`HOLDFAST_BIN`), which CI runs the whole suite against too.
+pub fn skip_without_cluster_mode(test: &str) -> bool {
+    if crate::common::server::testing_holdfast() {
+        return false;
+    }
+    eprintln!(
+        "{test}: skipped: {} is not holdfast; cluster mode (--redis) is holdfast only",
+        crate::common::server::server_bin()
+    );
+    true
+}
+
+/// xorshift64*: a reproducible sequence without a dependency.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+    }
+}
