@@ -1193,6 +1193,31 @@ fn a_made_up_cursor_past_every_id_is_just_a_cursor() {
     assert_eq!(stat(a.admin, "backplane_publish_errors"), 0);
 }
 
+/// `--message-ttl` applies to the buffer in Redis: a message older than it is gone for
+/// every node, and a cursor from before it is told; a node that never held the channel
+/// reads that from Redis.
+#[test]
+fn expired_messages_are_gone_everywhere_and_told() {
+    if skip("expired_messages_are_gone_everywhere_and_told") {
+        return;
+    }
+    let c = Cluster::start(2, &["--message-ttl", "1s"]);
+    let (a, b) = (c.node(0), c.node(1));
+    let before = publish(b.admin, "other-t", "cursor");
+    let old = publish(b.admin, "ttl", "old");
+    std::thread::sleep(1500 * MS);
+    // Expired: nothing buffered, and a cursor before it is told with the next message.
+    let r = poll(a.public, "/sub/ttl?since=0&timeout=0");
+    assert_eq!(r.status, 204, "an expired message was delivered: {}", r.brief());
+    let new = publish(b.admin, "ttl", "new");
+    let r = poll(a.public, &format!("/sub/ttl?since={before}&timeout=5"));
+    assert_eq!(assert_delivery(&r, "ttl", b"new"), new);
+    assert!(lost(&r), "{old} expired unseen and the client was not told: {}", r.brief());
+    let r = poll(a.public, &format!("/sub/ttl?since={old}&timeout=5"));
+    assert_eq!(assert_delivery(&r, "ttl", b"new"), new);
+    assert!(!lost(&r), "nothing was missed after {old}: {}", r.brief());
+}
+
 // --- 13 --------------------------------------------------------------------------------
 
 /// `--buffer-messages 2`: five messages published on B push three out of the channel's
