@@ -1208,11 +1208,20 @@ fn expired_messages_are_gone_everywhere_and_told() {
     std::thread::sleep(1500 * MS);
     // Expired: nothing buffered, and a cursor before it is told with the next message.
     let r = poll(a.public, "/sub/ttl?since=0&timeout=0");
-    assert_eq!(r.status, 204, "an expired message was delivered: {}", r.brief());
+    assert_eq!(
+        r.status,
+        204,
+        "an expired message was delivered: {}",
+        r.brief()
+    );
     let new = publish(b.admin, "ttl", "new");
     let r = poll(a.public, &format!("/sub/ttl?since={before}&timeout=5"));
     assert_eq!(assert_delivery(&r, "ttl", b"new"), new);
-    assert!(lost(&r), "{old} expired unseen and the client was not told: {}", r.brief());
+    assert!(
+        lost(&r),
+        "{old} expired unseen and the client was not told: {}",
+        r.brief()
+    );
     let r = poll(a.public, &format!("/sub/ttl?since={old}&timeout=5"));
     assert_eq!(assert_delivery(&r, "ttl", b"new"), new);
     assert!(!lost(&r), "nothing was missed after {old}: {}", r.brief());
