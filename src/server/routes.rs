@@ -349,15 +349,7 @@ impl Worker {
             Subscribed::Fetch if !fetched => {
                 // This node cannot vouch for the cursor on these channels: ask Redis
                 // (and subscribe there), then handle the request again.
-                let names: Vec<Box<str>> = names.iter().map(|n| Box::from(*n)).collect();
-                let c = sub.cursor;
-                self.defer_to_backplane(key, |to| Job::Fetch {
-                    names,
-                    cursor: c,
-                    all: false,
-                    to,
-                });
-                Outcome::Deferred
+                self.defer_fetch(key, names, sub.cursor, false)
             }
             // Still not vouched for right after a read (the node dropped the channels
             // meanwhile): the client retries.
@@ -390,6 +382,19 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Cluster mode: the subscribe at the front of `key` waits for a read of `names`
+    /// from Redis (`all`: every message newer than `cursor`, for a stream's replay).
+    fn defer_fetch(&mut self, key: usize, names: &[&str], cursor: Cursor, all: bool) -> Outcome {
+        let names = names.iter().map(|n| Box::from(*n)).collect();
+        self.defer_to_backplane(key, |to| Job::Fetch {
+            names,
+            cursor,
+            all,
+            to,
+        });
+        Outcome::Deferred
     }
 
     /// A long-poll answered at once with `msg`.
@@ -458,14 +463,7 @@ impl Worker {
             {
                 Err(_) => return self.too_many_channels(req),
                 Ok(Subscribed::Fetch) if !fetched => {
-                    let names: Vec<Box<str>> = names.iter().map(|n| Box::from(*n)).collect();
-                    self.defer_to_backplane(key, |to| Job::Fetch {
-                        names,
-                        cursor,
-                        all: true,
-                        to,
-                    });
-                    return Outcome::Deferred;
+                    return self.defer_fetch(key, names, cursor, true);
                 }
                 Ok(Subscribed::Fetch) => return self.backplane_unavailable(req),
                 Ok(Subscribed::Ready { msg, lost }) => {

@@ -426,7 +426,8 @@ impl Worker {
         // Cleared before the mailbox is read: a note pushed after this load sees a
         // sleeping worker and wakes it.
         me.awake.store(false, SeqCst);
-        {
+        // Standalone, no reply ever comes: no lock per iteration for them.
+        if self.shared.backplane.is_some() {
             let mut replies = me.replies.lock().unwrap_or_else(|e| e.into_inner());
             if !replies.is_empty() {
                 std::mem::swap(&mut *replies, &mut self.replies);

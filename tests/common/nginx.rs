@@ -34,24 +34,13 @@ pub fn shipped_conf() -> String {
 /// The nginx binary: `$NGINX` if set, else `nginx` on PATH, else `/usr/sbin/nginx`
 /// (Debian's, which a non-root PATH may not include). Panics with what to install.
 pub fn nginx_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("NGINX") {
-        return PathBuf::from(p);
-    }
-    let on_path = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .unwrap_or_default();
-    on_path
-        .into_iter()
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")])
-        .map(|d| d.join("nginx"))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "nginx is not installed (looked on PATH, /usr/sbin, /usr/local/sbin; set \
-                 NGINX=/path/to/nginx to point elsewhere). These tests run the shipped \
-                 tuning/nginx.conf in a real nginx: `apt-get install nginx` (.ci/run does)."
-            )
-        })
+    super::process::find_bin(
+        "NGINX",
+        "nginx",
+        &["/usr/sbin", "/usr/local/sbin"],
+        "These tests run the shipped tuning/nginx.conf in a real nginx: `apt-get install \
+         nginx` (.ci/run does).",
+    )
 }
 
 /// Replaces every occurrence of each pattern in one pass over `text` (so a

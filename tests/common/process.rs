@@ -79,3 +79,27 @@ pub fn kill_group(pgid: u32, signal: &str) {
         .stderr(Stdio::null())
         .status();
 }
+
+/// An installed program: `$ENV` if set, else `name` on PATH or in one of `dirs` (a
+/// non-root PATH may lack /usr/sbin). Panics with where it looked and `install`.
+pub fn find_bin(env: &str, name: &str, dirs: &[&str], install: &str) -> std::path::PathBuf {
+    use std::path::PathBuf;
+    if let Some(p) = std::env::var_os(env) {
+        return PathBuf::from(p);
+    }
+    let on_path = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default();
+    on_path
+        .into_iter()
+        .chain(dirs.iter().map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "{name} is not installed (looked on PATH, {}; set {env}=/path/to/{name} to \
+                 point elsewhere). {install}",
+                dirs.join(", ")
+            )
+        })
+}

@@ -34,32 +34,20 @@ pub struct Redis {
 /// The binary: `$REDIS_SERVER` if set, else `redis-server` on PATH or in /usr/bin,
 /// /usr/local/bin. Panics with what to install.
 fn redis_server_bin() -> PathBuf {
-    find_bin("REDIS_SERVER", "redis-server")
+    redis_bin("REDIS_SERVER", "redis-server")
+}
+
+fn redis_bin(env: &str, name: &str) -> PathBuf {
+    super::process::find_bin(
+        env,
+        name,
+        &["/usr/bin", "/usr/local/bin"],
+        "The cluster tests run a real Redis: `apt-get install redis-server` (.ci/run does).",
+    )
 }
 
 fn redis_cli_bin() -> PathBuf {
-    find_bin("REDIS_CLI", "redis-cli")
-}
-
-fn find_bin(env: &str, name: &str) -> PathBuf {
-    if let Some(p) = std::env::var_os(env) {
-        return PathBuf::from(p);
-    }
-    let on_path = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .unwrap_or_default();
-    on_path
-        .into_iter()
-        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/local/bin")])
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "{name} is not installed (looked on PATH, /usr/bin, /usr/local/bin; set \
-                 {env}=/path/to/{name} to point elsewhere). The cluster tests run a real \
-                 Redis: `apt-get install redis-server` (.ci/run does)."
-            )
-        })
+    redis_bin("REDIS_CLI", "redis-cli")
 }
 
 /// A port that was free a moment ago (bound with port 0 and let go). Another process
