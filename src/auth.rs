@@ -5,11 +5,13 @@
 //!   request's header is compared with it in constant time (the time taken does not
 //!   depend on where the first differing byte is), so it cannot be guessed a byte at a
 //!   time from response times.
-//! - Subscriber tokens ([`SubscribeKey`], issue 13; not yet wired into the servers):
-//!   JWTs checked with the `jsonwebtoken` crate against an HMAC secret or an RSA / EC
-//!   public key. The key's family fixes the algorithms accepted, so an HS token checked
-//!   against a public key (algorithm confusion) and `alg: none` are refused; `exp` is
-//!   required; the `channels` claim lists exact names and prefixes ending in `*`.
+//! - Subscriber tokens (`--subscribe-key`, [`SubscribeKey`]): JWTs checked with the
+//!   `jsonwebtoken` crate against an HMAC secret or an RSA / EC public key. The key's
+//!   family fixes the algorithms accepted, so an HS token checked against a public key
+//!   (algorithm confusion) and `alg: none` are refused; `exp` is required; the
+//!   `channels` claim lists exact names and prefixes ending in `*`. A subscribe's token
+//!   is found by [`find_token`] and checked once, by [`SubscribeKey::check`], before
+//!   anything parks; the connection keeps only its expiry.
 
 use std::path::Path;
 
@@ -60,17 +62,10 @@ impl AdminToken {
     /// Whether an `Authorization` header value grants admin access: `Bearer` (any
     /// case), one or more spaces, then exactly the secret.
     pub fn allows(&self, authorization: Option<&[u8]>) -> bool {
-        let Some(v) = authorization else {
-            return false;
-        };
-        let Some((scheme, rest)) = v.split_at_checked(6) else {
-            return false;
-        };
-        if !scheme.eq_ignore_ascii_case(b"bearer") || rest.first() != Some(&b' ') {
-            return false;
+        match authorization.and_then(bearer) {
+            Some(given) => constant_time_eq(given, &self.0),
+            None => false,
         }
-        let given = rest.trim_ascii();
-        constant_time_eq(given, &self.0)
     }
 }
 
@@ -151,7 +146,116 @@ impl Grant {
     }
 }
 
+/// Why a subscribe was refused: `401` (no usable token) or `403` (a valid token that
+/// does not grant every channel asked for).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Denied {
+    Token(TokenError),
+    /// The first channel asked for that the token does not grant.
+    NotGranted(String),
+}
+
+impl Denied {
+    pub fn status(&self) -> u16 {
+        match self {
+            Denied::Token(_) => 401,
+            Denied::NotGranted(_) => 403,
+        }
+    }
+
+    /// The `WWW-Authenticate` value (RFC 6750 §3): no error code when no token came,
+    /// `invalid_token` for a bad one, `insufficient_scope` for a missing grant.
+    pub fn www_authenticate(&self) -> String {
+        match self {
+            Denied::Token(TokenError::Missing) => format!("Bearer realm=\"{REALM}\""),
+            Denied::Token(e) => format!(
+                "Bearer realm=\"{REALM}\", error=\"invalid_token\", error_description=\"{}\"",
+                e.describe()
+            ),
+            Denied::NotGranted(_) => {
+                format!("Bearer realm=\"{REALM}\", error=\"insufficient_scope\"")
+            }
+        }
+    }
+
+    /// The plain-text body.
+    pub fn body(&self) -> String {
+        match self {
+            Denied::Token(e) => format!("{}\n", e.describe()),
+            Denied::NotGranted(ch) => format!("token does not grant channel {ch}\n"),
+        }
+    }
+}
+
+/// The realm named in a subscriber's `WWW-Authenticate`.
+pub const REALM: &str = "holdfast";
+
+/// Default `--token-cookie`.
+pub const DEFAULT_TOKEN_COOKIE: &str = "holdfast_token";
+
+/// Finds a subscriber's token: `Authorization: Bearer …` first, then the `token` query
+/// parameter (EventSource and WebSocket cannot set headers), then the cookie named
+/// `cookie_name`. A token is base64url and dots, so the query value is taken as is.
+pub fn find_token<'a>(
+    authorization: Option<&'a [u8]>,
+    query: &'a [u8],
+    cookie: Option<&'a [u8]>,
+    cookie_name: &str,
+) -> Option<&'a [u8]> {
+    if let Some(t) = authorization.and_then(bearer) {
+        return Some(t);
+    }
+    if let Some((_, v)) = crate::http::parse::query_pairs(query).find(|(k, _)| *k == b"token") {
+        return Some(v);
+    }
+    cookie?.split(|&b| b == b';').find_map(|pair| {
+        let pair = pair.trim_ascii();
+        let eq = pair.iter().position(|&b| b == b'=')?;
+        let (name, value) = (&pair[..eq], &pair[eq + 1..]);
+        if name.trim_ascii() != cookie_name.as_bytes() {
+            return None;
+        }
+        let value = value.trim_ascii();
+        // RFC 6265 allows a value in double quotes.
+        Some(
+            value
+                .strip_prefix(b"\"")
+                .and_then(|v| v.strip_suffix(b"\""))
+                .unwrap_or(value),
+        )
+    })
+}
+
+/// The credentials of an `Authorization: Bearer …` value (scheme in any case).
+fn bearer(v: &[u8]) -> Option<&[u8]> {
+    let (scheme, rest) = v.split_at_checked(6)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer") || rest.first() != Some(&b' ') {
+        return None;
+    }
+    Some(rest.trim_ascii()).filter(|t| !t.is_empty())
+}
+
+/// Whether `name` is a valid cookie name (an RFC 6265 token), for `--token-cookie`.
+pub fn valid_cookie_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+        })
+}
+
 impl SubscribeKey {
+    /// Checks a subscribe: `token` (from [`find_token`]) must be valid and grant every
+    /// one of `names`. Returns the token's `exp` (seconds since the Unix epoch): the
+    /// stream ends then, and a long-poll is held no longer.
+    pub fn check(&self, token: Option<&[u8]>, names: &[&str]) -> Result<u64, Denied> {
+        let token = token.ok_or(Denied::Token(TokenError::Missing))?;
+        let grant = self.verify(token).map_err(Denied::Token)?;
+        if let Some(ch) = names.iter().find(|n| !grant.covers(n)) {
+            return Err(Denied::NotGranted(ch.to_string()));
+        }
+        Ok(grant.exp)
+    }
+
     /// Reads `--subscribe-key`: a PEM public key (`-----BEGIN PUBLIC KEY-----` holding
     /// an RSA or EC P-256/P-384 key, or `-----BEGIN RSA PUBLIC KEY-----`), or else an
     /// HMAC secret (the file's bytes without one trailing newline, at least
@@ -403,6 +507,42 @@ mod tests {
         assert!(e.contains("private"), "{e}");
         let junk = b"-----BEGIN PUBLIC KEY-----\nnot base64\n-----END PUBLIC KEY-----\n";
         assert!(SubscribeKey::from_file_contents(junk, 0).is_err());
+    }
+
+    #[test]
+    fn the_token_is_found_in_header_then_query_then_cookie() {
+        let c = "holdfast_token";
+        let f = |a: Option<&'static str>, q: &'static str, k: Option<&'static str>| {
+            find_token(a.map(str::as_bytes), q.as_bytes(), k.map(str::as_bytes), c)
+                .map(|t| String::from_utf8_lossy(t).into_owned())
+        };
+        let s = |v: &str| Some(v.to_string());
+        assert_eq!(f(Some("Bearer h.h.h"), "token=q.q.q", Some("holdfast_token=c")), s("h.h.h"));
+        assert_eq!(f(Some("bearer  h.h.h "), "", None), s("h.h.h"));
+        assert_eq!(f(Some("Basic dXNlcg=="), "a=1&token=q.q.q", None), s("q.q.q"));
+        assert_eq!(f(None, "since=5", Some("a=b; holdfast_token=c.c.c; d=e")), s("c.c.c"));
+        assert_eq!(f(None, "", Some("holdfast_token=\"c.c.c\"")), s("c.c.c"));
+        assert_eq!(f(None, "", Some("xholdfast_token=c; holdfast_tokenx=d")), None);
+        assert_eq!(f(Some("Bearer"), "tokens=x", Some("other=1")), None);
+        assert!(valid_cookie_name("holdfast_token") && valid_cookie_name("__Host-t"));
+        assert!(!valid_cookie_name("") && !valid_cookie_name("a b") && !valid_cookie_name("a=b"));
+    }
+
+    #[test]
+    fn a_subscribe_needs_a_token_that_grants_every_channel() {
+        let k = key();
+        let t = hs(serde_json::json!({"exp": now() + 60, "channels": ["news", "user.42.*"]}));
+        let t = Some(t.as_bytes());
+        assert_eq!(k.check(t, &["news", "user.42.inbox"]).map(|e| e > now()), Ok(true));
+        let d = k.check(t, &["news", "user.43.inbox"]).unwrap_err();
+        assert_eq!(d, Denied::NotGranted("user.43.inbox".into()));
+        assert_eq!(d.status(), 403);
+        assert!(d.www_authenticate().contains("insufficient_scope"));
+        let d = k.check(None, &["news"]).unwrap_err();
+        assert_eq!((d.status(), d.www_authenticate()), (401, "Bearer realm=\"holdfast\"".into()));
+        let d = k.check(Some(b"x.y.z"), &["news"]).unwrap_err();
+        assert_eq!(d.status(), 401);
+        assert!(d.www_authenticate().contains("invalid_token"), "{d:?}");
     }
 
     const RSA_PUBLIC: &str = include_str!("../tests/assets/jwt/rsa-public.pem");

@@ -119,6 +119,28 @@ pub struct Config {
     /// Longest wait for Redis before a publish, delete or catch-up read gets 503.
     #[arg(long, value_name = "DUR", default_value = "2s", value_parser = parse_duration)]
     pub redis_timeout: Duration,
+
+    /// Private channels: every subscribe must carry a JWT (Authorization: Bearer, ?token=
+    /// or the --token-cookie cookie) whose `channels` claim grants every channel asked
+    /// for, checked with this key: an HMAC secret (HS256/384/512, at least 32 bytes) or
+    /// an RSA or EC public key in PEM (RS256/384/512, ES256/384). Without it anyone may
+    /// subscribe to any channel.
+    #[arg(long, value_name = "FILE")]
+    pub subscribe_key: Option<std::path::PathBuf>,
+
+    /// Clock skew allowed when accepting a token's `exp` and `nbf` (it never extends a
+    /// stream past `exp`).
+    #[arg(long, value_name = "DUR", default_value = "5s", value_parser = parse_duration)]
+    pub token_leeway: Duration,
+
+    /// Name of the cookie a subscriber token may ride in.
+    #[arg(long, value_name = "NAME", default_value = crate::auth::DEFAULT_TOKEN_COOKIE, value_parser = parse_cookie_name)]
+    pub token_cookie: String,
+
+    /// CORS: let pages from this origin (scheme://host[:port]; repeat the flag for
+    /// more) subscribe from the browser; `*` allows every origin, without credentials.
+    #[arg(long, value_name = "ORIGIN")]
+    pub allow_origin: Vec<String>,
 }
 
 /// Most threads a server may run: each worker is one subscriber group of the store.
@@ -189,6 +211,20 @@ impl Config {
             .transpose()
     }
 
+    /// The subscriber-token key, if `--subscribe-key` was given; a message for the
+    /// user if the file cannot serve as one.
+    pub fn subscribe_key(&self) -> Result<Option<crate::auth::SubscribeKey>, String> {
+        self.subscribe_key
+            .as_deref()
+            .map(|p| crate::auth::SubscribeKey::load(p, self.token_leeway.as_secs()))
+            .transpose()
+    }
+
+    /// The CORS policy, if `--allow-origin` was given.
+    pub fn cors(&self) -> Result<Option<crate::cors::Cors>, String> {
+        crate::cors::Cors::new(&self.allow_origin, self.subscribe_key.is_some())
+    }
+
     /// Cross-flag checks clap cannot express. Returns a message for the user.
     pub fn validate(&self) -> Result<(), String> {
         if self.poll_timeout > self.max_poll_timeout {
@@ -228,6 +264,10 @@ impl Config {
         if self.redis_timeout.is_zero() {
             return Err("--redis-timeout must be greater than 0".into());
         }
+        if self.token_leeway > Duration::from_secs(300) {
+            return Err("--token-leeway must be at most 5m (it covers clock skew, not token lifetime)".into());
+        }
+        self.cors()?;
         if self.listen == self.admin_listen && self.listen.port() != 0 {
             return Err(format!(
                 "--listen and --admin-listen are both {}; publishing must stay off the public listener",
@@ -294,6 +334,13 @@ fn check_redis_url(s: &str) -> Result<(), String> {
 }
 
 /// `[A-Za-z0-9._-]{1,64}`: it becomes part of every key.
+fn parse_cookie_name(s: &str) -> Result<String, String> {
+    if !crate::auth::valid_cookie_name(s) || s.len() > 128 {
+        return Err("must be a cookie name: 1 to 128 letters, digits or !#$%&'*+-.^_`|~".into());
+    }
+    Ok(s.to_string())
+}
+
 fn parse_prefix(s: &str) -> Result<String, String> {
     if s.is_empty()
         || s.len() > 64

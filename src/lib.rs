@@ -15,6 +15,7 @@ pub mod auth;
 pub mod buffer;
 pub mod cluster;
 pub mod config;
+pub mod cors;
 pub mod http;
 pub mod park;
 pub mod stats;

@@ -24,6 +24,11 @@ pub struct Stats {
     pub rejected: AtomicU64,
     /// Connections accepted since start.
     pub accepted: AtomicU64,
+    /// Subscribes refused for their token (`401`: none, bad, expired; `403`: a channel
+    /// not granted).
+    pub token_refused: AtomicU64,
+    /// Streams ended because their subscriber token expired.
+    pub streams_expired: AtomicU64,
 }
 
 pub fn inc(c: &AtomicU64) {
@@ -56,6 +61,8 @@ impl Stats {
                 ("poll_timeouts", "counter", self.poll_timeouts.load(Relaxed)),
                 ("rejected", "counter", self.rejected.load(Relaxed)),
                 ("accepted", "counter", self.accepted.load(Relaxed)),
+                ("token_refused", "counter", self.token_refused.load(Relaxed)),
+                ("streams_expired", "counter", self.streams_expired.load(Relaxed)),
                 ("max_connections", "gauge", max_connections as u64),
                 ("rss_bytes", "gauge", rss_bytes),
             ],

@@ -21,6 +21,8 @@ pub enum Method {
     Post,
     Put,
     Delete,
+    /// CORS preflights (`--allow-origin`).
+    Options,
     Other,
 }
 
@@ -86,8 +88,12 @@ pub struct Request<'a> {
     pub wants_sse: bool,
     pub last_event_id: Option<&'a [u8]>,
     pub content_type: Option<&'a [u8]>,
-    /// `Authorization` (the admin secret; later, subscriber tokens).
+    /// `Authorization` (the admin secret, or a subscriber's bearer token).
     pub authorization: Option<&'a [u8]>,
+    /// `Cookie` (a subscriber token may ride in one); the first such header.
+    pub cookie: Option<&'a [u8]>,
+    /// `Origin` (CORS, `--allow-origin`).
+    pub origin: Option<&'a [u8]>,
     /// The client address a proxy reported: `X-Real-IP`, else the last `X-Forwarded-For`
     /// entry (the one the nearest proxy appended). Only meaningful behind a trusted proxy.
     pub forwarded_for: Option<&'a [u8]>,
@@ -217,6 +223,7 @@ pub fn parse_head(buf: &[u8]) -> Result<Parsed<'_>, HeadError> {
         "POST" => Method::Post,
         "PUT" => Method::Put,
         "DELETE" => Method::Delete,
+        "OPTIONS" => Method::Options,
         _ => Method::Other,
     };
     let target = req.path.unwrap_or("").as_bytes();
@@ -237,6 +244,8 @@ pub fn parse_head(buf: &[u8]) -> Result<Parsed<'_>, HeadError> {
     let mut last_event_id = None;
     let mut content_type = None;
     let mut authorization = None;
+    let mut cookie = None;
+    let mut origin = None;
     let mut real_ip = None;
     let mut xff = None;
     for h in req.headers.iter() {
@@ -271,6 +280,10 @@ pub fn parse_head(buf: &[u8]) -> Result<Parsed<'_>, HeadError> {
             content_type = Some(value);
         } else if name.eq_ignore_ascii_case(b"authorization") {
             authorization = Some(value);
+        } else if name.eq_ignore_ascii_case(b"cookie") {
+            cookie = cookie.or(Some(value));
+        } else if name.eq_ignore_ascii_case(b"origin") {
+            origin = Some(value);
         } else if name.eq_ignore_ascii_case(b"x-real-ip") {
             real_ip = Some(value);
         } else if name.eq_ignore_ascii_case(b"x-forwarded-for") {
@@ -306,6 +319,8 @@ pub fn parse_head(buf: &[u8]) -> Result<Parsed<'_>, HeadError> {
         last_event_id,
         content_type,
         authorization,
+        cookie,
+        origin,
         forwarded_for: real_ip.or(xff).filter(|v| !v.is_empty()),
         head_len,
     }))

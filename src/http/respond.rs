@@ -17,6 +17,8 @@ pub fn reason(code: u16) -> &'static str {
         201 => "Created",
         204 => "No Content",
         400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         406 => "Not Acceptable",
@@ -46,6 +48,22 @@ pub fn simple(
     content_type: Option<&[u8]>,
     body: &[u8],
 ) {
+    simple_with(out, code, date, close, headers, b"", content_type, body);
+}
+
+/// [`simple`] plus `lines`: header lines rendered ahead (`Name: value\r\n` each; the
+/// CORS headers of an allowed origin).
+#[allow(clippy::too_many_arguments)]
+pub fn simple_with(
+    out: &mut Vec<u8>,
+    code: u16,
+    date: &[u8],
+    close: bool,
+    headers: &[(&str, &[u8])],
+    lines: &[u8],
+    content_type: Option<&[u8]>,
+    body: &[u8],
+) {
     let _ = write!(out, "HTTP/1.1 {} {}\r\n", code, reason(code));
     out.extend_from_slice(b"Date: ");
     out.extend_from_slice(date);
@@ -56,6 +74,7 @@ pub fn simple(
         out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
     }
+    out.extend_from_slice(lines);
     if let Some(ct) = content_type {
         out.extend_from_slice(b"Content-Type: ");
         out.extend_from_slice(ct);
@@ -125,16 +144,17 @@ pub fn message_tail(lost: bool, close: bool) -> &'static [u8] {
     }
 }
 
-/// The `204` a long-poll gets when it times out.
-pub fn timeout(out: &mut Vec<u8>, cursor: u64, date: &[u8], close: bool) {
+/// The `204` a long-poll gets when it times out; `lines` as for [`simple_with`].
+pub fn timeout(out: &mut Vec<u8>, cursor: u64, date: &[u8], close: bool, lines: &[u8]) {
     let mut id = [0u8; 20];
     let n = fmt_u64(cursor, &mut id);
-    simple(
+    simple_with(
         out,
         204,
         date,
         close,
         &[("Message-Id", &id[..n]), ("Cache-Control", b"no-store")],
+        lines,
         None,
         b"",
     );
@@ -247,7 +267,7 @@ mod tests {
             b"HTTP/1.1 404 Not Found\r\nDate: D\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 13\r\nConnection: close\r\n\r\nno such path\n"
         );
         out.clear();
-        timeout(&mut out, 1234, b"D", false);
+        timeout(&mut out, 1234, b"D", false, b"");
         assert_eq!(
             out,
             b"HTTP/1.1 204 No Content\r\nDate: D\r\nMessage-Id: 1234\r\nCache-Control: no-store\r\n\r\n"

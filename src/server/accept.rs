@@ -21,7 +21,7 @@ use super::conn::{Conn, Input};
 use super::worker::{Worker, LISTEN_ADMIN};
 
 /// A connection's token: slab key in the low 32 bits, slot generation in the high 32.
-fn token(key: usize, gen: u32) -> Token {
+fn token(key: usize, gen: u16) -> Token {
     Token(((gen as usize) << 32) | key)
 }
 

@@ -85,7 +85,7 @@ fn lock_feed(f: &SharedFeed) -> MutexGuard<'_, Feed> {
 pub struct ReplyTo {
     pub worker: usize,
     pub key: usize,
-    pub gen: u32,
+    pub gen: u16,
     pub seq: u32,
 }
 

@@ -21,7 +21,8 @@
 //! ```
 //!
 //! Memory: the slot is [`Conn`] — socket, generation, timer links, park links, cursor,
-//! phase and flags — 56 bytes, asserted below. Everything else (`holdfast::buffer::Io`:
+//! phase, flags and one word the phase gives a meaning (a parked poll's CORS origin, a
+//! stream's token expiry) — 56 bytes, asserted below. Everything else (`holdfast::buffer::Io`:
 //! read buffer, request framing, write queue) is boxed, taken from a per-worker pool
 //! when bytes arrive or a write would block, and returned when the connection goes idle
 //! or parks. A parked long-poll or an idle keep-alive connection owns no heap memory.
@@ -70,8 +71,8 @@ pub struct Timeouts {
 pub enum Input {
     /// Accepted: the first head must arrive within the header timeout.
     Accepted,
-    /// Its timer fired.
-    Timer,
+    /// Its timer fired; `unix_ms` is the wall clock (a stream's token expiry is on it).
+    Timer { unix_ms: u64 },
     /// Its request parked as a long-poll held for `hold_ms`.
     Parked {
         hold_ms: u64,
@@ -79,6 +80,8 @@ pub enum Input {
         lost: bool,
         /// The client asked to close after the response.
         close_after: bool,
+        /// The allowed CORS origin its answer names (`Cors::lookup`; 0: none).
+        origin: u32,
     },
     /// Its request became a stream.
     Streaming {
@@ -86,6 +89,10 @@ pub enum Input {
         /// On more than one channel: messages name their channel.
         named: bool,
         lost: bool,
+        /// Its subscriber token's expiry: the stream ends then.
+        expiry: Expiry,
+        /// The wall clock now.
+        unix_ms: u64,
     },
     /// Taken off the park lists (answered, ended, or gone).
     Unparked,
@@ -124,6 +131,8 @@ pub enum Action {
     BackplaneTimeout,
     /// A stream's heartbeat is due: write one, then arm the timer `ms` from now.
     Heartbeat(u64),
+    /// A stream's token expired: end it (final event, then close).
+    Expire,
     /// Shut the write side, drain input, arm the timer `ms` from now (close if the shut
     /// fails or the client already closed).
     Linger(u64),
@@ -149,17 +158,50 @@ mod flag {
     pub const NAMED: u8 = 64;
 }
 
+/// A subscriber token's expiry as a stream keeps it: seconds after [`Expiry::BASE`]
+/// (4 bytes rather than 8; 0 = no token). Compared with the wall clock, since `exp` is
+/// wall-clock time, at every heartbeat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expiry(u32);
+
+impl Expiry {
+    /// 2023-11-14 (Unix 1.7e9): the stored seconds reach to the year 2160.
+    const BASE: u64 = 1_700_000_000;
+    pub const NONE: Expiry = Expiry(0);
+
+    /// From a token's `exp` (seconds since the Unix epoch). One already past, or before
+    /// the base, is stored as expired; one past the range as its end.
+    pub fn at(exp: u64) -> Expiry {
+        Expiry(exp.saturating_sub(Self::BASE).clamp(1, u32::MAX as u64) as u32)
+    }
+
+    /// Milliseconds left at `unix_ms` (0 once expired); `None` without a token.
+    pub fn left_ms(self, unix_ms: u64) -> Option<u64> {
+        match self.0 {
+            0 => None,
+            s => Some(((s as u64 + Self::BASE) * 1000).saturating_sub(unix_ms)),
+        }
+    }
+}
+
 /// A connection slot. Hot: one per held connection, so every byte counts.
 pub struct Conn {
     pub stream: TcpStream,
     /// Borrowed from the worker's pool while bytes are in flight.
     pub io: Option<Box<Io>>,
-    /// Token generation: an event whose generation differs is for an earlier occupant.
-    gen: u32,
     timer: TimerNode,
     /// Parked or streaming: deliver only messages with a larger id.
     cursor: u64,
     link: ParkLink,
+    /// What the phase needs besides the timer: `Parked`, the CORS origin its answer
+    /// names (0: none); `Stream`, its token's [`Expiry`]. 0 in every other phase.
+    aux: u32,
+    /// Token generation: an event whose generation differs is for an earlier occupant.
+    /// 16 bits suffice: a stale event can only come from the same poll batch (or the
+    /// same loop iteration's resume list), and a slot would have to be reused 65,536
+    /// times within it to match (nginx keeps one bit, `ev->instance`, for this); a
+    /// backplane reply also carries its request's own sequence number.
+    gen: u16,
     phase: Phase,
     flags: u8,
 }
@@ -168,7 +210,7 @@ pub struct Conn {
 const _: () = assert!(std::mem::size_of::<Conn>() <= 56);
 
 impl Conn {
-    pub fn new(stream: TcpStream, gen: u32, admin: bool) -> Conn {
+    pub fn new(stream: TcpStream, gen: u16, admin: bool) -> Conn {
         Conn {
             stream,
             io: None,
@@ -176,6 +218,7 @@ impl Conn {
             timer: TimerNode::new(),
             cursor: 0,
             link: ParkLink::new(),
+            aux: 0,
             phase: Phase::Idle,
             flags: if admin { flag::ADMIN } else { 0 },
         }
@@ -189,8 +232,24 @@ impl Conn {
         self.flags |= f;
     }
 
-    pub fn gen(&self) -> u32 {
+    pub fn gen(&self) -> u16 {
         self.gen
+    }
+
+    /// A parked poll's CORS origin (`Cors::lookup`; 0: none).
+    pub fn origin(&self) -> u32 {
+        match self.phase {
+            Phase::Parked => self.aux,
+            _ => 0,
+        }
+    }
+
+    /// A stream's token expiry.
+    fn expiry(&self) -> Expiry {
+        match self.phase {
+            Phase::Stream(_) => Expiry(self.aux),
+            _ => Expiry::NONE,
+        }
     }
 
     pub fn phase(&self) -> Phase {
@@ -277,11 +336,17 @@ impl Conn {
                 self.phase = Phase::Idle;
                 Action::Arm(t.header)
             }
-            Input::Timer => match self.phase {
+            Input::Timer { unix_ms } => match self.phase {
                 // Answered by the worker, which then steps `Unparked` and `Answered`.
                 Phase::Parked => Action::AnswerTimeout,
                 Phase::Backplane => Action::BackplaneTimeout,
-                Phase::Stream(_) => Action::Heartbeat(t.heartbeat),
+                // The timer is due at the next heartbeat or the token's expiry,
+                // whichever comes first.
+                Phase::Stream(_) => match self.expiry().left_ms(unix_ms) {
+                    Some(0) => Action::Expire,
+                    Some(left) => Action::Heartbeat(t.heartbeat.min(left)),
+                    None => Action::Heartbeat(t.heartbeat),
+                },
                 // Header, keep-alive, send and linger timeouts all end the connection.
                 Phase::Idle | Phase::Head | Phase::Send | Phase::Linger => Action::Close,
             },
@@ -289,9 +354,11 @@ impl Conn {
                 hold_ms,
                 lost,
                 close_after,
+                origin,
             } => {
                 debug_assert!(!self.is_waiting(), "parked twice");
                 self.phase = Phase::Parked;
+                self.aux = origin;
                 if lost {
                     self.set(flag::LOST);
                 }
@@ -304,9 +371,12 @@ impl Conn {
                 framing,
                 named,
                 lost,
+                expiry,
+                unix_ms,
             } => {
                 debug_assert!(!self.is_waiting(), "streaming twice");
                 self.phase = Phase::Stream(framing);
+                self.aux = expiry.0;
                 // A stream ends its connection (close-delimited body).
                 self.set(flag::SERVED | flag::CLOSE_AFTER);
                 if named {
@@ -315,7 +385,10 @@ impl Conn {
                 if lost {
                     self.set(flag::LOST);
                 }
-                Action::Arm(t.heartbeat)
+                match expiry.left_ms(unix_ms) {
+                    Some(left) => Action::Arm(t.heartbeat.min(left)),
+                    None => Action::Arm(t.heartbeat),
+                }
             }
             Input::Deferred { ms } => {
                 debug_assert!(!self.is_waiting(), "deferred while waiting");
@@ -331,6 +404,7 @@ impl Conn {
             Input::Unparked => {
                 debug_assert!(self.is_waiting(), "unparked in {:?}", self.phase);
                 self.phase = Phase::Idle;
+                self.aux = 0;
                 self.flags &= !(flag::LOST | flag::NAMED);
                 Action::None
             }
@@ -440,14 +514,16 @@ mod tests {
     fn a_timer_means_what_the_phase_says() {
         let mut c = conn();
         assert_eq!(c.step(Input::Accepted, &T), Action::Arm(10));
-        assert_eq!(c.step(Input::Timer, &T), Action::Close, "header timeout");
+        assert_eq!(c.step(Input::Timer { unix_ms: 0 }, &T), Action::Close, "header timeout");
         let p = Input::Parked {
             hold_ms: 500,
             lost: false,
             close_after: false,
+            origin: 3,
         };
         assert_eq!(c.step(p, &T), Action::Arm(500));
-        assert_eq!(c.step(Input::Timer, &T), Action::AnswerTimeout);
+        assert_eq!(c.step(Input::Timer { unix_ms: 0 }, &T), Action::AnswerTimeout);
+        assert_eq!(c.origin(), 3, "a parked poll keeps its origin");
         assert_eq!(c.phase(), Phase::Parked, "parked until answered");
         assert_eq!(c.step(Input::Unparked, &T), Action::None);
         assert_eq!(c.step(Input::Answered { close: false }, &T), Action::Disarm);
@@ -455,7 +531,7 @@ mod tests {
         assert_eq!(c.step(Input::Settle, &T), Action::Arm(20));
         assert_eq!(c.phase(), Phase::Idle);
         assert_eq!(
-            c.step(Input::Timer, &T),
+            c.step(Input::Timer { unix_ms: 0 }, &T),
             Action::Close,
             "keep-alive timeout"
         );
@@ -469,10 +545,12 @@ mod tests {
             framing: Framing::Sse,
             named: true,
             lost: true,
+            expiry: Expiry::NONE,
+            unix_ms: 0,
         };
         assert_eq!(c.step(s, &T), Action::Arm(30));
         assert!(c.named() && c.gap_before(0) && c.closing());
-        assert_eq!(c.step(Input::Timer, &T), Action::Heartbeat(30));
+        assert_eq!(c.step(Input::Timer { unix_ms: 0 }, &T), Action::Heartbeat(30));
         c.wait_from(5);
         c.delivered(6);
         assert!(!c.gap_before(6) && c.gap_before(7));
@@ -481,7 +559,7 @@ mod tests {
         assert_eq!(c.step(Input::Ended, &T), Action::Disarm);
         assert_eq!(c.step(Input::Settle, &T), Action::Linger(40));
         assert_eq!(c.phase(), Phase::Linger);
-        assert_eq!(c.step(Input::Timer, &T), Action::Close, "linger timeout");
+        assert_eq!(c.step(Input::Timer { unix_ms: 0 }, &T), Action::Close, "linger timeout");
     }
 
     #[test]
@@ -506,6 +584,42 @@ mod tests {
         let mut c = conn();
         c.step(Input::Failed, &T);
         assert_eq!(c.step(Input::Settle, &T), Action::Close);
+    }
+
+    #[test]
+    fn a_stream_ends_at_its_token_expiry_not_after() {
+        let exp = 1_800_000_000u64;
+        let ms = |s: u64| s * 1000;
+        let mut c = conn();
+        c.step(Input::Accepted, &T);
+        let s = Input::Streaming {
+            framing: Framing::Sse,
+            named: false,
+            lost: false,
+            expiry: Expiry::at(exp),
+            unix_ms: ms(exp) - 100,
+        };
+        assert_eq!(c.step(s, &T), Action::Arm(30), "heartbeat first");
+        // 50 ms before: a heartbeat, the next due in 30; 20 ms before: due at the expiry.
+        assert_eq!(c.step(Input::Timer { unix_ms: ms(exp) - 50 }, &T), Action::Heartbeat(30));
+        assert_eq!(c.step(Input::Timer { unix_ms: ms(exp) - 20 }, &T), Action::Heartbeat(20));
+        assert_eq!(c.step(Input::Timer { unix_ms: ms(exp) }, &T), Action::Expire);
+        assert_eq!(c.step(Input::Timer { unix_ms: ms(exp) + 9 }, &T), Action::Expire);
+        assert_eq!(c.origin(), 0, "a stream has no origin to keep");
+        c.step(Input::Unparked, &T);
+        assert_eq!(c.aux, 0, "cleared when unparked");
+        // Expired already (accepted within the leeway): the first timer is now.
+        let mut c = conn();
+        let s = Input::Streaming {
+            framing: Framing::Sse,
+            named: false,
+            lost: false,
+            expiry: Expiry::at(exp),
+            unix_ms: ms(exp) + 2000,
+        };
+        assert_eq!(c.step(s, &T), Action::Arm(0));
+        assert_eq!(Expiry::at(5).left_ms(0), Some(ms(1_700_000_001)), "before the base: the base + 1 s");
+        assert_eq!(Expiry::NONE.left_ms(0), None);
     }
 
     fn armed() -> TimerNode {

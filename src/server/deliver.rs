@@ -9,8 +9,8 @@
 //! - a long-poll is answered once ([`Worker::answer_parked`]): a message (fan-out), its
 //!   timeout (`204`), its channel deleted (`410`), or shutdown (`503`); then its
 //!   pipelined input is resumed;
-//! - a stream is ended ([`Worker::end_stream`]): its channel deleted, shutdown, or a
-//!   reader too slow for `--sse-max-backlog`;
+//! - a stream is ended ([`Worker::end_stream`]): its channel deleted, shutdown, its
+//!   subscriber token expired, or a reader too slow for `--sse-max-backlog`;
 //! - the client goes away (`socket.rs` closes it).
 //!
 //! Fan-out renders each message once per worker: the long-poll head once, each stream
@@ -51,6 +51,8 @@ pub enum End<'a> {
     Deleted(&'a str),
     /// The server is shutting down.
     Shutdown,
+    /// Its subscriber token expired.
+    Expired,
 }
 
 impl Worker {
@@ -73,6 +75,8 @@ impl Worker {
             framing: start.framing,
             named: start.channels > 1,
             lost: start.lost,
+            expiry: start.expiry,
+            unix_ms: self.unix_ms,
         };
         self.step(key, input);
         inc(&self.shared.stats.sse_streams);
@@ -102,7 +106,14 @@ impl Worker {
         let close = c.closing() || shutting_down;
         let cursor = c.cursor();
         let gen = c.gen();
+        let origin = c.origin();
         self.unpark(key);
+        // Only a cross-origin poll pays for holding the lines past `&mut self` calls.
+        let shared = (origin != 0).then(|| self.shared.clone());
+        let cors = shared
+            .as_ref()
+            .and_then(|s| s.cors.as_ref())
+            .map_or(&b""[..], |c| c.lines(origin));
         match answer {
             Answer::Message {
                 head,
@@ -111,31 +122,33 @@ impl Worker {
             } => {
                 self.send(
                     key,
-                    &[head, respond::message_tail(lost, close)],
+                    &[head, cors, respond::message_tail(lost, close)],
                     Some(payload),
                 );
                 inc(&self.shared.stats.delivered);
             }
             Answer::Timeout => {
                 self.out.clear();
-                respond::timeout(&mut self.out, cursor, &self.date, close);
+                respond::timeout(&mut self.out, cursor, &self.date, close, cors);
                 self.send_out(key, None);
                 inc(&self.shared.stats.poll_timeouts);
             }
             Answer::Deleted => {
                 self.out.clear();
-                respond::text(
+                respond::simple_with(
                     &mut self.out,
                     410,
                     &self.date,
                     close,
                     &[],
-                    "channel deleted\n",
+                    cors,
+                    Some(b"text/plain; charset=utf-8"),
+                    b"channel deleted\n",
                 );
                 self.send_out(key, None);
             }
             Answer::ShuttingDown => {
-                self.render_shutting_down();
+                self.render_shutting_down(cors);
                 self.send_out(key, None);
             }
         }
@@ -164,6 +177,10 @@ impl Worker {
         match why {
             End::Deleted(channel) => framing.deleted(&mut self.out, channel),
             End::Shutdown => framing.shutdown(&mut self.out),
+            End::Expired => {
+                framing.expired(&mut self.out);
+                inc(&self.shared.stats.streams_expired);
+            }
         }
         if !self.out.is_empty() {
             self.send_out(key, None);

@@ -101,9 +101,10 @@ pub fn start(cfg: &Config) -> io::Result<Handle> {
     if let Err(msg) = cfg.validate() {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, msg));
     }
-    let admin_token = cfg
-        .admin_token()
-        .map_err(|msg| io::Error::new(io::ErrorKind::InvalidInput, msg))?;
+    let bad = |msg| io::Error::new(io::ErrorKind::InvalidInput, msg);
+    let admin_token = cfg.admin_token().map_err(bad)?;
+    let subscribe_key = cfg.subscribe_key().map_err(bad)?;
+    let cors = cfg.cors().map_err(bad)?;
     let threads = cfg.thread_count();
     let nofile = sys::raise_fd_limit().unwrap_or(1024);
     let max_connections = cfg.max_connections_for(nofile);
@@ -134,6 +135,9 @@ pub fn start(cfg: &Config) -> io::Result<Handle> {
         store,
         backplane,
         admin_token,
+        subscribe_key,
+        token_cookie: cfg.token_cookie.as_str().into(),
+        cors,
         stats: Stats::default(),
         mailboxes,
         shutdown: AtomicBool::new(false),

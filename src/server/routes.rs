@@ -10,6 +10,7 @@ use std::io::Write;
 
 use bytes::Bytes;
 use holdfast::http::parse::{Method, Request};
+use holdfast::auth::{find_token, Denied};
 use holdfast::http::respond;
 use holdfast::stats::inc;
 use holdfast::store::{valid_channel_name, Cursor, Message, PublishError, Subscribed};
@@ -17,8 +18,8 @@ use holdfast::stream::{Event, Framing};
 use holdfast::subscribe;
 
 use super::backplane::{Job, Reply};
-use super::conn::Input;
-use super::worker::Worker;
+use super::conn::{Expiry, Input};
+use super::worker::{Shared, Worker};
 
 /// What handling one request left to do.
 pub enum Outcome {
@@ -44,6 +45,18 @@ pub struct StreamStart {
     pub cursor: u64,
     /// A gap is known: announce it before the next message.
     pub lost: bool,
+    /// Its subscriber token's expiry: the stream ends then.
+    pub expiry: Expiry,
+}
+
+/// The CORS header lines for allowed origin `origin` (empty for 0 or without
+/// `--allow-origin`). A free function, so a caller can hold them while writing into
+/// another field of the worker.
+pub(super) fn cors_lines(shared: &Shared, origin: u32) -> &[u8] {
+    match &shared.cors {
+        Some(c) if origin != 0 => c.lines(origin),
+        _ => b"",
+    }
 }
 
 impl Worker {
@@ -53,6 +66,10 @@ impl Worker {
         let admin = self.conns[key].is_admin();
         let path = req.path;
         let m = req.method;
+        self.origin = match &self.shared.cors {
+            Some(c) if !admin => c.lookup(req.origin),
+            _ => 0,
+        };
         if path == b"/health" {
             return match m {
                 Method::Get | Method::Head => match &self.shared.backplane {
@@ -81,6 +98,7 @@ impl Worker {
             if let Some(chs) = path.strip_prefix(b"/sub/") {
                 return match m {
                     Method::Get => self.subscribe(key, req, chs),
+                    Method::Options if self.shared.cors.is_some() => self.preflight(req),
                     _ => self.not_allowed(req, b"GET"),
                 };
             }
@@ -96,7 +114,9 @@ impl Worker {
                 Method::Post | Method::Put => self.publish(key, req, ch, body),
                 Method::Get | Method::Head => self.channel_info(req, ch),
                 Method::Delete => self.delete(key, req, ch),
-                Method::Other => self.not_allowed(req, b"GET, HEAD, POST, PUT, DELETE"),
+                Method::Options | Method::Other => {
+                    self.not_allowed(req, b"GET, HEAD, POST, PUT, DELETE")
+                }
             };
         }
         match (path, m) {
@@ -125,12 +145,13 @@ impl Worker {
         body: &[u8],
     ) -> Outcome {
         self.out.clear();
-        respond::simple(
+        respond::simple_with(
             &mut self.out,
             code,
             &self.date,
             !req.keep_alive,
             headers,
+            cors_lines(&self.shared, self.origin),
             ct,
             body,
         );
@@ -153,14 +174,25 @@ impl Worker {
         )
     }
 
-    /// Renders the `503` + `Retry-After: 1` (then close) of a server shutting down.
-    pub(super) fn render_shutting_down(&mut self) {
+    /// Renders the `503` + `Retry-After: 1` (then close) of a server shutting down;
+    /// `cors` as for [`respond::simple_with`].
+    pub(super) fn render_shutting_down(&mut self, cors: &[u8]) {
         self.out.clear();
-        respond::unavailable(&mut self.out, &self.date, "server shutting down\n");
+        respond::simple_with(
+            &mut self.out,
+            503,
+            &self.date,
+            true,
+            &[("Retry-After", b"1")],
+            cors,
+            Some(b"text/plain; charset=utf-8"),
+            b"server shutting down\n",
+        );
     }
 
     fn shutting_down_response(&mut self) -> Outcome {
-        self.render_shutting_down();
+        let shared = self.shared.clone();
+        self.render_shutting_down(cors_lines(&shared, self.origin));
         Outcome::Respond {
             payload: None,
             close: true,
@@ -301,19 +333,82 @@ impl Worker {
         self.respond(req, 204, &[], None, b"")
     }
 
+    /// A CORS preflight for `/sub/…`: the methods and headers a subscriber may use,
+    /// for an allowed origin; `403` for any other.
+    fn preflight(&mut self, req: &Request<'_>) -> Outcome {
+        if self.origin == 0 {
+            return self.text(req, 403, "origin not allowed\n");
+        }
+        let lines = match &self.shared.cors {
+            Some(c) => c.preflight_lines(self.origin),
+            None => b"",
+        };
+        self.out.clear();
+        respond::simple_with(
+            &mut self.out,
+            204,
+            &self.date,
+            !req.keep_alive,
+            &[("Allow", b"GET, OPTIONS")],
+            lines,
+            None,
+            b"",
+        );
+        Outcome::Respond {
+            payload: None,
+            close: false,
+        }
+    }
+
+    /// `401` / `403` for a subscribe whose token does not let it in.
+    fn token_refused(&mut self, req: &Request<'_>, why: &Denied) -> Outcome {
+        inc(&self.shared.stats.token_refused);
+        let challenge = why.www_authenticate();
+        self.respond(
+            req,
+            why.status(),
+            &[("WWW-Authenticate", challenge.as_bytes())],
+            Some(b"text/plain; charset=utf-8"),
+            why.body().as_bytes(),
+        )
+    }
+
     fn subscribe(&mut self, key: usize, req: &Request<'_>, list: &[u8]) -> Outcome {
         let sub = match subscribe::parse(list, req.query, req.last_event_id, self.shared.holds) {
             Ok(s) => s,
             Err(why) => return self.text(req, 400, why),
         };
         let names = sub.names();
+        // Private channels: the token is checked once, here, before anything waits;
+        // the connection keeps only its expiry.
+        let mut expiry = Expiry::NONE;
+        let mut token_left_ms = u64::MAX;
+        if let Some(k) = &self.shared.subscribe_key {
+            let token = find_token(
+                req.authorization,
+                req.query,
+                req.cookie,
+                &self.shared.token_cookie,
+            );
+            match k.check(token, names) {
+                Ok(exp) => {
+                    expiry = Expiry::at(exp);
+                    token_left_ms = expiry.left_ms(self.unix_ms).unwrap_or(0);
+                }
+                Err(why) => {
+                    self.reply = None;
+                    return self.token_refused(req, &why);
+                }
+            }
+        }
         // A client that has closed its side, or a server shutting down, gets an answer
         // now: no stream, no parking.
         let may_wait = self.shutting_down.is_none() && !self.conns[key].input_ended();
         if let Some(framing) = Framing::for_request(req.wants_sse).filter(|_| may_wait) {
-            return self.open_stream(key, req, framing, names, sub.cursor);
+            return self.open_stream(key, req, framing, names, sub.cursor, expiry);
         }
-        let hold_ms = sub.timeout.as_millis() as u64;
+        // A long-poll never outlives its token.
+        let hold_ms = (sub.timeout.as_millis() as u64).min(token_left_ms);
         let park = hold_ms > 0 && may_wait;
         let mut cursor = sub.cursor;
         let mut known_lost = false;
@@ -364,6 +459,7 @@ impl Worker {
                         hold_ms,
                         lost,
                         close_after: !req.keep_alive,
+                        origin: self.origin,
                     },
                 );
                 inc(&self.shared.stats.parked);
@@ -375,7 +471,13 @@ impl Worker {
                 }
                 inc(&self.shared.stats.poll_timeouts);
                 self.out.clear();
-                respond::timeout(&mut self.out, cursor, &self.date, !req.keep_alive);
+                respond::timeout(
+                    &mut self.out,
+                    cursor,
+                    &self.date,
+                    !req.keep_alive,
+                    cors_lines(&self.shared, self.origin),
+                );
                 Outcome::Respond {
                     payload: None,
                     close: false,
@@ -407,6 +509,8 @@ impl Worker {
             &self.date,
         );
         self.out
+            .extend_from_slice(cors_lines(&self.shared, self.origin));
+        self.out
             .extend_from_slice(respond::message_tail(lost, !req.keep_alive));
         inc(&self.shared.stats.delivered);
         Outcome::Respond {
@@ -425,9 +529,14 @@ impl Worker {
         framing: Framing,
         names: &[&str],
         mut cursor: Cursor,
+        expiry: Expiry,
     ) -> Outcome {
         self.out.clear();
-        framing.head(&mut self.out, &self.date);
+        framing.head(
+            &mut self.out,
+            &self.date,
+            cors_lines(&self.shared, self.origin),
+        );
         let named = names.len() > 1;
         let fetched = self.reply.is_some();
         let mut known_lost = false;
@@ -485,6 +594,7 @@ impl Worker {
             channels: names.len(),
             cursor: last,
             lost,
+            expiry,
         })
     }
 }

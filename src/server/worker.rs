@@ -57,6 +57,12 @@ pub struct Shared {
     pub backplane: Option<Arc<Backplane>>,
     /// `--admin-token-file`: the secret every admin request but `/health` must carry.
     pub admin_token: Option<holdfast::auth::AdminToken>,
+    /// `--subscribe-key`: every subscribe must carry a token it verifies.
+    pub subscribe_key: Option<holdfast::auth::SubscribeKey>,
+    /// `--token-cookie`.
+    pub token_cookie: Box<str>,
+    /// `--allow-origin`.
+    pub cors: Option<holdfast::cors::Cors>,
     pub stats: Stats,
     pub mailboxes: Arc<Mailboxes>,
     pub shutdown: AtomicBool,
@@ -208,7 +214,11 @@ pub struct Worker {
     pub(super) date: [u8; 29],
     date_secs: u64,
     pub(super) now: u64,
-    pub(super) next_gen: u32,
+    /// The wall clock (ms since the Unix epoch) read with `now`: token expiries.
+    pub(super) unix_ms: u64,
+    /// The CORS origin of the request being handled (`Cors::lookup`; 0: none).
+    pub(super) origin: u32,
+    pub(super) next_gen: u16,
     notes: Vec<Note>,
     replies: Vec<(ReplyTo, Reply)>,
     /// Requests waiting for the backplane: connection slot → request number, and the
@@ -218,7 +228,7 @@ pub struct Worker {
     /// The backplane's reply for the request being handled again (routes take it).
     pub(super) reply: Option<Reply>,
     /// Connections released by a delivery whose pipelined input must be handled.
-    pub(super) resume: Vec<(u32, u32)>,
+    pub(super) resume: Vec<(u32, u16)>,
     pub(super) keys: [ChannelKey; MAX_CHANNELS_PER_SUB],
     next_sweep: u64,
     /// When to look at the listeners again (see `Worker::retry_accept_soon`).
@@ -273,6 +283,8 @@ impl Worker {
             date: [b' '; 29],
             date_secs: u64::MAX,
             now,
+            unix_ms: 0,
+            origin: 0,
             next_gen: 1,
             notes: Vec::new(),
             replies: Vec::new(),
@@ -318,7 +330,7 @@ impl Worker {
                     t @ (LISTEN_PUBLIC | LISTEN_ADMIN) => self.accept(t),
                     Token(t) => {
                         let key = t & 0xffff_ffff;
-                        let gen = (t >> 32) as u32;
+                        let gen = (t >> 32) as u16;
                         if self.conns.get(key).is_some_and(|c| c.gen() == gen) {
                             self.on_ready(
                                 key,
@@ -369,9 +381,10 @@ impl Worker {
 
     fn tick_clock(&mut self) {
         self.now = self.shared.now_ms();
-        let secs = SystemTime::now()
+        self.unix_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+            .map_or(0, |d| d.as_millis() as u64);
+        let secs = self.unix_ms / 1000;
         if secs != self.date_secs {
             self.date_secs = secs;
             respond::http_date(secs, &mut self.date);
@@ -396,6 +409,7 @@ impl Worker {
             Action::AnswerTimeout => self.poll_timed_out(key),
             Action::BackplaneTimeout => self.backplane_answered(key, Reply::Unavailable),
             Action::Heartbeat(ms) => self.heartbeat(key, ms),
+            Action::Expire => self.end_stream(key, super::deliver::End::Expired),
             Action::Linger(ms) => self.start_linger(key, ms),
             Action::Close => self.close(key),
         }
@@ -417,7 +431,8 @@ impl Worker {
     /// A timer firing is one more input to each connection's state machine.
     fn expire_timers(&mut self) {
         while let Some(k) = self.wheel.poll(&mut Slots(&mut self.conns), self.now) {
-            self.step(k as usize, Input::Timer);
+            let unix_ms = self.unix_ms;
+            self.step(k as usize, Input::Timer { unix_ms });
         }
     }
 

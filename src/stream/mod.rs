@@ -79,8 +79,9 @@ impl Framing {
     }
 
     /// The whole response head (status line, `Date`, [`headers`](Framing::headers),
+    /// `lines` — header lines rendered ahead, such as an allowed origin's CORS headers —
     /// blank line) followed by the [`preamble`](Framing::preamble).
-    pub fn head(self, out: &mut Vec<u8>, date: &[u8]) {
+    pub fn head(self, out: &mut Vec<u8>, date: &[u8], lines: &[u8]) {
         out.extend_from_slice(b"HTTP/1.1 200 OK\r\nDate: ");
         out.extend_from_slice(date);
         out.extend_from_slice(b"\r\n");
@@ -90,6 +91,7 @@ impl Framing {
             out.extend_from_slice(value.as_bytes());
             out.extend_from_slice(b"\r\n");
         }
+        out.extend_from_slice(lines);
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(self.preamble());
     }
@@ -114,6 +116,14 @@ impl Framing {
     pub fn deleted(self, out: &mut Vec<u8>, channel: &str) {
         match self {
             Framing::Sse => sse::deleted(out, channel),
+        }
+    }
+
+    /// The last bytes of a stream whose subscriber token expired: the client must
+    /// come back with a fresh token (the same one now gets `401`).
+    pub fn expired(self, out: &mut Vec<u8>) {
+        match self {
+            Framing::Sse => sse::expired(out),
         }
     }
 
@@ -142,7 +152,7 @@ mod tests {
     #[test]
     fn an_sse_head_is_close_delimited_and_carries_the_preamble() {
         let mut out = vec![];
-        Framing::Sse.head(&mut out, b"Thu, 01 Jan 1970 00:00:00 GMT");
+        Framing::Sse.head(&mut out, b"Thu, 01 Jan 1970 00:00:00 GMT", b"");
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "HTTP/1.1 200 OK\r\nDate: Thu, 01 Jan 1970 00:00:00 GMT\r\n\

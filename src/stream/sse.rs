@@ -5,9 +5,9 @@
 //! than one channel), one `data: LINE\n` per payload line (lines split on `\r\n`, `\r` or
 //! `\n`, as EventSource splits them), and a blank line. A payload that is not UTF-8
 //! cannot be carried in `data:` lines, so it is sent as `event: binary` with the payload
-//! base64-encoded (standard alphabet, padded) in one `data:` line. Gaps, deletion and
-//! heartbeats have their own small frames below. The body is close-delimited: the
-//! stream ends when the connection does, which every HTTP/1.x client and proxy
+//! base64-encoded (standard alphabet, padded) in one `data:` line. Gaps, deletion,
+//! token expiry and heartbeats have their own small frames below. The body is
+//! close-delimited: the stream ends when the connection does, which every HTTP/1.x client and proxy
 //! understands, so a shutdown sends nothing and EventSource reconnects after `retry:`.
 //!
 //! [`Framing`]: super::Framing
@@ -68,6 +68,11 @@ pub fn lost(out: &mut Vec<u8>, next_id: u64) {
 /// The last frame of a stream whose channel was deleted.
 pub fn deleted(out: &mut Vec<u8>, channel: &str) {
     let _ = write!(out, "event: deleted\ndata: {channel}\n\n");
+}
+
+/// The last frame of a stream whose subscriber token expired.
+pub fn expired(out: &mut Vec<u8>) {
+    out.extend_from_slice(b"event: expired\ndata: token expired\n\n");
 }
 
 /// Splits on `\r\n`, `\r` or `\n`; an empty payload is one empty line.
