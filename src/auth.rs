@@ -238,9 +238,9 @@ fn bearer(v: &[u8]) -> Option<&[u8]> {
 /// Whether `name` is a valid cookie name (an RFC 6265 token), for `--token-cookie`.
 pub fn valid_cookie_name(name: &str) -> bool {
     !name.is_empty()
-        && name.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-        })
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 impl SubscribeKey {
@@ -517,12 +517,28 @@ mod tests {
                 .map(|t| String::from_utf8_lossy(t).into_owned())
         };
         let s = |v: &str| Some(v.to_string());
-        assert_eq!(f(Some("Bearer h.h.h"), "token=q.q.q", Some("holdfast_token=c")), s("h.h.h"));
+        assert_eq!(
+            f(
+                Some("Bearer h.h.h"),
+                "token=q.q.q",
+                Some("holdfast_token=c")
+            ),
+            s("h.h.h")
+        );
         assert_eq!(f(Some("bearer  h.h.h "), "", None), s("h.h.h"));
-        assert_eq!(f(Some("Basic dXNlcg=="), "a=1&token=q.q.q", None), s("q.q.q"));
-        assert_eq!(f(None, "since=5", Some("a=b; holdfast_token=c.c.c; d=e")), s("c.c.c"));
+        assert_eq!(
+            f(Some("Basic dXNlcg=="), "a=1&token=q.q.q", None),
+            s("q.q.q")
+        );
+        assert_eq!(
+            f(None, "since=5", Some("a=b; holdfast_token=c.c.c; d=e")),
+            s("c.c.c")
+        );
         assert_eq!(f(None, "", Some("holdfast_token=\"c.c.c\"")), s("c.c.c"));
-        assert_eq!(f(None, "", Some("xholdfast_token=c; holdfast_tokenx=d")), None);
+        assert_eq!(
+            f(None, "", Some("xholdfast_token=c; holdfast_tokenx=d")),
+            None
+        );
         assert_eq!(f(Some("Bearer"), "tokens=x", Some("other=1")), None);
         assert!(valid_cookie_name("holdfast_token") && valid_cookie_name("__Host-t"));
         assert!(!valid_cookie_name("") && !valid_cookie_name("a b") && !valid_cookie_name("a=b"));
@@ -533,13 +549,19 @@ mod tests {
         let k = key();
         let t = hs(serde_json::json!({"exp": now() + 60, "channels": ["news", "user.42.*"]}));
         let t = Some(t.as_bytes());
-        assert_eq!(k.check(t, &["news", "user.42.inbox"]).map(|e| e > now()), Ok(true));
+        assert_eq!(
+            k.check(t, &["news", "user.42.inbox"]).map(|e| e > now()),
+            Ok(true)
+        );
         let d = k.check(t, &["news", "user.43.inbox"]).unwrap_err();
         assert_eq!(d, Denied::NotGranted("user.43.inbox".into()));
         assert_eq!(d.status(), 403);
         assert!(d.www_authenticate().contains("insufficient_scope"));
         let d = k.check(None, &["news"]).unwrap_err();
-        assert_eq!((d.status(), d.www_authenticate()), (401, "Bearer realm=\"holdfast\"".into()));
+        assert_eq!(
+            (d.status(), d.www_authenticate()),
+            (401, "Bearer realm=\"holdfast\"".into())
+        );
         let d = k.check(Some(b"x.y.z"), &["news"]).unwrap_err();
         assert_eq!(d.status(), 401);
         assert!(d.www_authenticate().contains("invalid_token"), "{d:?}");

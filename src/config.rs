@@ -265,7 +265,10 @@ impl Config {
             return Err("--redis-timeout must be greater than 0".into());
         }
         if self.token_leeway > Duration::from_secs(300) {
-            return Err("--token-leeway must be at most 5m (it covers clock skew, not token lifetime)".into());
+            return Err(
+                "--token-leeway must be at most 5m (it covers clock skew, not token lifetime)"
+                    .into(),
+            );
         }
         self.cors()?;
         if self.listen == self.admin_listen && self.listen.port() != 0 {

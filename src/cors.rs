@@ -78,7 +78,8 @@ impl Cors {
         let mut lines = Vec::new();
         let mut preflight = Vec::new();
         for o in allowed {
-            let mut h: Vec<(&'static str, Box<str>)> = vec![("Access-Control-Allow-Origin", o.into())];
+            let mut h: Vec<(&'static str, Box<str>)> =
+                vec![("Access-Control-Allow-Origin", o.into())];
             if !any {
                 h.push(("Vary", "Origin".into()));
                 if credentials {
@@ -145,7 +146,10 @@ impl Cors {
     pub fn preflight_lines(&self, ix: u32) -> &[u8] {
         match ix {
             0 => b"",
-            i => self.preflight.get(i as usize - 1).map_or(&[][..], |l| &l[..]),
+            i => self
+                .preflight
+                .get(i as usize - 1)
+                .map_or(&[][..], |l| &l[..]),
         }
     }
 
@@ -202,7 +206,9 @@ fn check_origin(v: &str) -> Result<Box<str>, &'static str> {
     if host.is_empty() {
         return Err("no host");
     }
-    if port.is_some_and(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) || p.parse::<u16>().is_err()) {
+    if port.is_some_and(|p| {
+        p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) || p.parse::<u16>().is_err()
+    }) {
         return Err("bad port");
     }
     Ok(v.to_ascii_lowercase().into())
@@ -240,7 +246,10 @@ mod tests {
         assert!(l.contains("Access-Control-Expose-Headers: Message-Id"));
         assert!(c.lines(0).is_empty() && c.headers(0).is_empty());
         let p = String::from_utf8(c.preflight_lines(1).to_vec()).unwrap();
-        assert!(p.contains("Allow-Headers: Authorization, Last-Event-ID\r\n"), "{p}");
+        assert!(
+            p.contains("Allow-Headers: Authorization, Last-Event-ID\r\n"),
+            "{p}"
+        );
         assert!(p.starts_with("Access-Control-Allow-Origin: https://app.example.com\r\n"));
         let no_cred = cors(&["https://a.example"], false);
         assert!(!String::from_utf8_lossy(no_cred.lines(1)).contains("Credentials"));
@@ -269,7 +278,10 @@ mod tests {
         assert!(bad(&["https://"]).contains("no host"));
         assert!(bad(&["https://a b"]).contains("host"));
         assert!(Cors::new(&[], false).unwrap().is_none());
-        let ok = cors(&["http://[::1]:8080", "http://[::1]", "https://A.example"], false);
+        let ok = cors(
+            &["http://[::1]:8080", "http://[::1]", "https://A.example"],
+            false,
+        );
         assert_eq!(ok.lookup(Some(b"https://a.example")), 3);
     }
 }

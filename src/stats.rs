@@ -62,7 +62,11 @@ impl Stats {
                 ("rejected", "counter", self.rejected.load(Relaxed)),
                 ("accepted", "counter", self.accepted.load(Relaxed)),
                 ("token_refused", "counter", self.token_refused.load(Relaxed)),
-                ("streams_expired", "counter", self.streams_expired.load(Relaxed)),
+                (
+                    "streams_expired",
+                    "counter",
+                    self.streams_expired.load(Relaxed),
+                ),
                 ("max_connections", "gauge", max_connections as u64),
                 ("rss_bytes", "gauge", rss_bytes),
             ],

@@ -514,7 +514,11 @@ mod tests {
     fn a_timer_means_what_the_phase_says() {
         let mut c = conn();
         assert_eq!(c.step(Input::Accepted, &T), Action::Arm(10));
-        assert_eq!(c.step(Input::Timer { unix_ms: 0 }, &T), Action::Close, "header timeout");
+        assert_eq!(
+            c.step(Input::Timer { unix_ms: 0 }, &T),
+            Action::Close,
+            "header timeout"
+        );
         let p = Input::Parked {
             hold_ms: 500,
             lost: false,
@@ -522,7 +526,10 @@ mod tests {
             origin: 3,
         };
         assert_eq!(c.step(p, &T), Action::Arm(500));
-        assert_eq!(c.step(Input::Timer { unix_ms: 0 }, &T), Action::AnswerTimeout);
+        assert_eq!(
+            c.step(Input::Timer { unix_ms: 0 }, &T),
+            Action::AnswerTimeout
+        );
         assert_eq!(c.origin(), 3, "a parked poll keeps its origin");
         assert_eq!(c.phase(), Phase::Parked, "parked until answered");
         assert_eq!(c.step(Input::Unparked, &T), Action::None);
@@ -550,7 +557,10 @@ mod tests {
         };
         assert_eq!(c.step(s, &T), Action::Arm(30));
         assert!(c.named() && c.gap_before(0) && c.closing());
-        assert_eq!(c.step(Input::Timer { unix_ms: 0 }, &T), Action::Heartbeat(30));
+        assert_eq!(
+            c.step(Input::Timer { unix_ms: 0 }, &T),
+            Action::Heartbeat(30)
+        );
         c.wait_from(5);
         c.delivered(6);
         assert!(!c.gap_before(6) && c.gap_before(7));
@@ -559,7 +569,11 @@ mod tests {
         assert_eq!(c.step(Input::Ended, &T), Action::Disarm);
         assert_eq!(c.step(Input::Settle, &T), Action::Linger(40));
         assert_eq!(c.phase(), Phase::Linger);
-        assert_eq!(c.step(Input::Timer { unix_ms: 0 }, &T), Action::Close, "linger timeout");
+        assert_eq!(
+            c.step(Input::Timer { unix_ms: 0 }, &T),
+            Action::Close,
+            "linger timeout"
+        );
     }
 
     #[test]
@@ -601,10 +615,37 @@ mod tests {
         };
         assert_eq!(c.step(s, &T), Action::Arm(30), "heartbeat first");
         // 50 ms before: a heartbeat, the next due in 30; 20 ms before: due at the expiry.
-        assert_eq!(c.step(Input::Timer { unix_ms: ms(exp) - 50 }, &T), Action::Heartbeat(30));
-        assert_eq!(c.step(Input::Timer { unix_ms: ms(exp) - 20 }, &T), Action::Heartbeat(20));
-        assert_eq!(c.step(Input::Timer { unix_ms: ms(exp) }, &T), Action::Expire);
-        assert_eq!(c.step(Input::Timer { unix_ms: ms(exp) + 9 }, &T), Action::Expire);
+        assert_eq!(
+            c.step(
+                Input::Timer {
+                    unix_ms: ms(exp) - 50
+                },
+                &T
+            ),
+            Action::Heartbeat(30)
+        );
+        assert_eq!(
+            c.step(
+                Input::Timer {
+                    unix_ms: ms(exp) - 20
+                },
+                &T
+            ),
+            Action::Heartbeat(20)
+        );
+        assert_eq!(
+            c.step(Input::Timer { unix_ms: ms(exp) }, &T),
+            Action::Expire
+        );
+        assert_eq!(
+            c.step(
+                Input::Timer {
+                    unix_ms: ms(exp) + 9
+                },
+                &T
+            ),
+            Action::Expire
+        );
         assert_eq!(c.origin(), 0, "a stream has no origin to keep");
         c.step(Input::Unparked, &T);
         assert_eq!(c.aux, 0, "cleared when unparked");
@@ -618,7 +659,11 @@ mod tests {
             unix_ms: ms(exp) + 2000,
         };
         assert_eq!(c.step(s, &T), Action::Arm(0));
-        assert_eq!(Expiry::at(5).left_ms(0), Some(ms(1_700_000_001)), "before the base: the base + 1 s");
+        assert_eq!(
+            Expiry::at(5).left_ms(0),
+            Some(ms(1_700_000_001)),
+            "before the base: the base + 1 s"
+        );
         assert_eq!(Expiry::NONE.left_ms(0), None);
     }
 

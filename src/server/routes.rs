@@ -9,8 +9,8 @@
 use std::io::Write;
 
 use bytes::Bytes;
-use holdfast::http::parse::{Method, Request};
 use holdfast::auth::{find_token, Denied};
+use holdfast::http::parse::{Method, Request};
 use holdfast::http::respond;
 use holdfast::stats::inc;
 use holdfast::store::{valid_channel_name, Cursor, Message, PublishError, Subscribed};
