@@ -5,7 +5,7 @@ mod common;
 
 use std::process::Command;
 
-const FLAGS: [&str; 17] = [
+const FLAGS: [&str; 21] = [
     "--listen",
     "--admin-listen",
     "--threads",
@@ -23,6 +23,10 @@ const FLAGS: [&str; 17] = [
     "--redis",
     "--redis-prefix",
     "--redis-timeout",
+    "--subscribe-key",
+    "--token-leeway",
+    "--token-cookie",
+    "--allow-origin",
 ];
 
 fn run(args: &[&str]) -> (Option<i32>, String, String) {
@@ -68,6 +72,10 @@ fn bad_flags_and_values_exit_2_with_a_message() {
         (&["--listen", "not-an-address"], "--listen"),
         (&["--buffer-messages=-3"], "--buffer-messages"),
         (&["--no-such-flag"], "--no-such-flag"),
+        (&["--token-cookie", "a b"], "--token-cookie"),
+        (&["--token-leeway", "10m"], "--token-leeway"),
+        (&["--allow-origin", "app.example"], "--allow-origin"),
+        (&["--allow-origin", "https://a.example/"], "--allow-origin"),
         // Cross-flag: the default hold may not exceed the clamp.
         (
             &["--poll-timeout", "200s", "--max-poll-timeout", "100s"],

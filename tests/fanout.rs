@@ -10,7 +10,8 @@
 //! 56-57 in both debug and release builds, so a regression of one word per connection
 //! (e.g. the slab growing by doubling, which cost 74) fails it. Cluster mode (issue 12)
 //! keeps the same bound: a parked poll has the same slot and no Redis state of its own;
-//! the node holds one Redis subscription per channel, not per subscriber.
+//! the node holds one Redis subscription per channel, not per subscriber. So do private
+//! channels with CORS (issue 13): a JWT per poll and an allowed `Origin`.
 
 mod common;
 
@@ -37,14 +38,59 @@ fn serial() -> MutexGuard<'static, ()> {
 
 #[test]
 fn one_publish_reaches_15000_parked_polls() {
+    fan_out_to_parked_polls(&[], &[], None);
+}
+
+/// With private channels and CORS on (issue 13): every poll carries a JWT and an
+/// allowed `Origin`. The token is checked once and dropped; the slot keeps only the
+/// origin's index, so the bound is the same 64 bytes, and every answer, given by the
+/// publish long after the request, still names the origin.
+#[test]
+fn with_tokens_and_cors_a_parked_poll_still_costs_at_most_64_bytes() {
+    let dir = common::nginx::TempDir::new("fanout-tokens");
+    let secret = "fan-out test secret, at least 32 bytes long";
+    let key = dir.path.join("subscribe.key");
+    std::fs::write(&key, secret).expect("write the key");
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &serde_json::json!({"exp": exp, "channels": ["fan*"]}),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()).unwrap(),
+    )
+    .unwrap();
+    let bearer = format!("Bearer {token}");
+    let origin = "http://127.0.0.2:8000";
+    let key = key.display().to_string();
+    fan_out_to_parked_polls(
+        &["--subscribe-key", &key, "--allow-origin", origin],
+        &[("Authorization", &bearer), ("Origin", origin)],
+        Some(origin),
+    );
+}
+
+/// 15 000 long-polls sent with `headers` to a server started with `flags`, parked, one
+/// publish answers them all; measures RSS per parked poll. `origin`: every answer must
+/// carry `Access-Control-Allow-Origin` with it.
+fn fan_out_to_parked_polls(flags: &[&str], headers: &[(&str, &str)], origin: Option<&str>) {
     let _serial = serial();
     raise_fd_limit_for(SUBSCRIBERS);
     // Started after raising the limit: the child inherits it.
-    let s = Server::start(&["--threads", "2"]);
-    let request = request_bytes("GET", "/sub/fan?timeout=60", &[], None);
-    // One request first, so the baseline includes what any served request allocates
-    // once (pools, the channel's park list map), not what parking costs per connection.
-    let _ = get(s.public, "/sub/fan?timeout=0");
+    let mut all = vec!["--threads", "2"];
+    all.extend_from_slice(flags);
+    let s = Server::start(&all);
+    let request = request_bytes("GET", "/sub/fan?timeout=60", headers, None);
+    // A few requests first, on their own connections so that each worker thread gets
+    // some, so the baseline includes what a served request allocates once per worker
+    // (pools, the channel's park list map, the malloc arena a thread's first token
+    // check creates), not what parking costs per connection.
+    for _ in 0..16 {
+        let warm = common::protocol::request(s.public, "GET", "/sub/fan?timeout=0", headers, None);
+        assert_eq!(warm.status, 204, "{}", warm.brief());
+    }
     let rss_before = stat(s.admin, "rss_bytes");
 
     let t = Instant::now();
@@ -98,7 +144,8 @@ fn one_publish_reaches_15000_parked_polls() {
             Ok(r)
                 if r.status == 200
                     && r.body == PAYLOAD
-                    && r.header("message-id") == Some(id.as_str()) =>
+                    && r.header("message-id") == Some(id.as_str())
+                    && r.header("access-control-allow-origin") == origin =>
             {
                 delivered += 1
             }

@@ -1,14 +1,17 @@
 //! Fan-out at scale over Server-Sent Events: 15 000 streams on one channel, one publish,
-//! every stream receives the event. The only test in this binary, because its sockets
-//! count against the test process's open-file limit.
+//! every stream receives the event; plain, and with private channels (a JWT per stream,
+//! whose expiry the stream keeps) and an allowed CORS origin. The tests of this binary
+//! run one at a time (`SERIAL`), because their sockets count against the test process's
+//! open-file limit.
 //!
-//! It also measures what an idle stream costs the server in user space: RSS growth from
+//! They also measure what an idle stream costs the server in user space: RSS growth from
 //! before the first connection to all 15 000 streams open, divided by 15 000
 //! (`cargo test --release --test sse_fanout -- --nocapture` prints it). The bound
 //! asserted for holdfast is 64 bytes, as for a parked long-poll (measured 55-57).
 
 mod common;
 
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::http::IO_TIMEOUT;
@@ -21,23 +24,66 @@ const STREAMS: usize = 15_000;
 const SOURCE_ADDRS: u8 = 8; // 127.0.0.2 ..= 127.0.0.9
 const PAYLOAD: &str = "fan-out over SSE";
 
+/// Held by each test for its whole run (two at once would pass the open-file limit).
+static SERIAL: Mutex<()> = Mutex::new(());
+
 #[test]
 fn one_publish_reaches_15000_sse_streams() {
+    fan_out_to_streams(&[], &[], None);
+}
+
+/// Private channels and CORS on: the token is checked once per stream and dropped; the
+/// slot keeps its expiry (4 bytes it already had), so the bound is the same.
+#[test]
+fn with_tokens_and_cors_an_idle_stream_still_costs_at_most_64_bytes() {
+    let dir = common::nginx::TempDir::new("sse-fanout-tokens");
+    let secret = "sse fan-out test secret, at least 32 bytes";
+    let key = dir.path.join("subscribe.key");
+    std::fs::write(&key, secret).expect("write the key");
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &serde_json::json!({"exp": exp, "channels": ["fan", "warm"]}),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()).unwrap(),
+    )
+    .unwrap();
+    let bearer = format!("Bearer {token}");
+    let origin = "http://127.0.0.2:8000";
+    let key = key.display().to_string();
+    fan_out_to_streams(
+        &["--subscribe-key", &key, "--allow-origin", origin],
+        &[("Authorization", &bearer), ("Origin", origin)],
+        Some(origin),
+    );
+}
+
+/// 15 000 streams opened with `headers` on a server started with `flags`; one publish
+/// reaches them all; measures RSS per idle stream. `origin`: each stream's head must
+/// carry `Access-Control-Allow-Origin` with it.
+fn fan_out_to_streams(flags: &[&str], headers: &[(&str, &str)], origin: Option<&str>) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     raise_fd_limit_for(STREAMS);
     // Started after raising the limit: the child inherits it.
-    let s = Server::start(&["--threads", "2"]);
-    // One stream first (opened, read, closed), so the baseline includes what serving a
-    // stream allocates once, not what holding one costs.
-    {
-        let mut warm = Sse::open(s.public, "/sub/warm", &[]);
-        wait_stat(s.admin, "sse_streams", 1, Duration::from_secs(5));
-        warm.quiet_for(Duration::from_millis(10)).unwrap();
+    let mut all = vec!["--threads", "2"];
+    all.extend_from_slice(flags);
+    let s = Server::start(&all);
+    // A few streams first (opened, read, closed), on their own connections so each
+    // worker gets some, so the baseline includes what serving a stream allocates once
+    // per worker (for a token check, the thread's malloc arena), not what holding one
+    // costs.
+    for _ in 0..16 {
+        // Reads the head and preamble: the stream is open.
+        drop(Sse::open(s.public, "/sub/warm", headers));
     }
     wait_stat(s.admin, "sse_streams", 0, Duration::from_secs(5));
     let rss_before = stat(s.admin, "rss_bytes");
 
     let t = Instant::now();
-    let request = sse_request_bytes("/sub/fan", &[]);
+    let request = sse_request_bytes("/sub/fan", headers);
     let mut streams: Vec<Sse> = connect_many(s.public, STREAMS, SOURCE_ADDRS, &request)
         .into_iter()
         .map(Sse::requested)
@@ -95,7 +141,10 @@ fn one_publish_reaches_15000_sse_streams() {
                 continue;
             }
         };
-        if head.status != 200 || head.header("content-type") != Some("text/event-stream") {
+        if head.status != 200
+            || head.header("content-type") != Some("text/event-stream")
+            || head.header("access-control-allow-origin") != origin
+        {
             failures.push(format!("stream {i}: {}", head.brief()));
             continue;
         }
