@@ -7,12 +7,13 @@
 //! subscriber wake-ups: the store's notifier) and holdfast's I/O-free `store::Store`;
 //! [`stream`] is a stream's response body, [`guard_io`] the socket wrapper that enforces
 //! the timeouts and request-line answers hyper has no knob for ([`request_line`]),
-//! [`respond`] the response builders.
+//! [`respond`] the response builders, [`cors`] the `--allow-origin` headers.
 //!
 //! Everything shared with holdfast comes from its library, its I/O-free core; holdfast's
 //! mio server is in its binary crate, out of this crate's reach.
 #![deny(unsafe_code)]
 
+mod cors;
 mod guard_io;
 mod hub;
 mod request_line;
@@ -39,8 +40,12 @@ fn main() -> ExitCode {
         eprintln!("holdfast-tokio: {msg}");
         return ExitCode::from(2);
     }
-    // Checked before anything starts, like a bad flag (the server reads it again).
-    if let Err(msg) = cfg.admin_token() {
+    // Checked before anything starts, like a bad flag (the server reads them again).
+    let keys = cfg
+        .admin_token()
+        .map(drop)
+        .and_then(|()| cfg.subscribe_key().map(drop));
+    if let Err(msg) = keys {
         eprintln!("holdfast-tokio: {msg}");
         return ExitCode::from(2);
     }

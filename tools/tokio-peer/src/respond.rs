@@ -12,6 +12,7 @@ use std::sync::OnceLock;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use holdfast::auth::Denied;
 use holdfast::store::Message;
 use holdfast::stream::Framing;
 use hyper::body::{Frame, SizeHint};
@@ -98,6 +99,18 @@ pub fn admin_token_required() -> Response<Body> {
         header::WWW_AUTHENTICATE,
         header::HeaderValue::from_static("Bearer realm=\"holdfast admin\""),
     );
+    r
+}
+
+/// `401` / `403`: a subscribe whose token does not let it in (`--subscribe-key`), with
+/// holdfast's `WWW-Authenticate` challenge and text.
+pub fn token_refused(why: &Denied) -> Response<Body> {
+    let status = StatusCode::from_u16(why.status()).unwrap_or(StatusCode::UNAUTHORIZED);
+    let mut r = with_body(status, TEXT, Body::full(why.body()));
+    // The challenge is quoted ASCII (realm, error code, a fixed description).
+    if let Ok(challenge) = HeaderValue::try_from(why.www_authenticate()) {
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, challenge);
+    }
     r
 }
 

@@ -36,6 +36,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
+use crate::cors::CorsHeaders;
 use crate::guard_io::{ConnShared, GuardedIo, Outcome, Timeouts};
 use crate::hub::Hub;
 use crate::service;
@@ -66,6 +67,12 @@ pub struct App {
     pub limits: Limits,
     /// `--admin-token-file`: the secret every admin request but `/health` must carry.
     pub admin_token: Option<holdfast::auth::AdminToken>,
+    /// `--subscribe-key`: every subscribe must carry a token it verifies.
+    pub subscribe_key: Option<holdfast::auth::SubscribeKey>,
+    /// `--token-cookie`: the cookie a subscriber token may ride in.
+    pub token_cookie: Box<str>,
+    /// `--allow-origin`: CORS on the public listener.
+    pub cors: Option<CorsHeaders>,
     pub max_connections: usize,
     shutdown: watch::Sender<bool>,
     epoch: Instant,
@@ -114,9 +121,13 @@ pub struct Server {
 impl Server {
     /// Binds both listeners and starts accepting.
     pub async fn bind(cfg: &Config) -> io::Result<Server> {
-        let admin_token = cfg
-            .admin_token()
-            .map_err(|msg| io::Error::new(io::ErrorKind::InvalidInput, msg))?;
+        let bad = |msg| io::Error::new(io::ErrorKind::InvalidInput, msg);
+        let admin_token = cfg.admin_token().map_err(bad)?;
+        let subscribe_key = cfg.subscribe_key().map_err(bad)?;
+        let cors = match cfg.cors().map_err(bad)? {
+            Some(policy) => Some(CorsHeaders::new(policy).map_err(bad)?),
+            None => None,
+        };
         let nofile = holdfast::sys::raise_fd_limit().unwrap_or(1024);
         let max_connections = cfg.max_connections_for(nofile);
         let public_l = listen(cfg.listen).map_err(|e| {
@@ -138,6 +149,9 @@ impl Server {
             stats: Stats::default(),
             hub,
             admin_token,
+            subscribe_key,
+            token_cookie: cfg.token_cookie.as_str().into(),
+            cors,
             limits: Limits {
                 max_message_size: cfg.max_message_size as usize,
                 holds: cfg.holds(),

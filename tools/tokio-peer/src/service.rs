@@ -7,7 +7,9 @@
 //! (bounded by `--max-message-size` → `413`; chunked and `Expect: 100-continue` are
 //! hyper's), routing by listener, path and method (`404`, `405` + `Allow`), and the
 //! handlers for publish, channel info, delete, `/stats`, `/metrics` and `/health`.
-//! Subscribe lives in [`subscribe`].
+//! Subscribe lives in [`subscribe`]. On the public listener, an allowed `Origin`
+//! (`--allow-origin`) adds its CORS headers to whatever the route answers, and
+//! `OPTIONS /sub/…` is a preflight ([`cors`]).
 //!
 //! Like holdfast, the body is read before routing, so a request's body never lingers in
 //! the connection to be mistaken for the next request. A request that asked to close
@@ -29,6 +31,7 @@ use hyper::header::{self, HeaderMap};
 use hyper::http::request::Parts;
 use hyper::{Method, Request, Response, StatusCode, Version};
 
+use crate::cors;
 use crate::guard_io::{ConnShared, InFlight};
 use crate::respond::{self, Body};
 use crate::server::App;
@@ -67,7 +70,15 @@ async fn handle(
         Ok(b) => b,
         Err(refused) => return Ok(respond::closing(refused)),
     };
-    let resp = route(&app, &conn, flight, admin, &parts, body).await;
+    // CORS: the allowed origin (if any) this public request comes from; whatever the
+    // route answers carries its headers, a parked poll's later answer and a stream's
+    // head included. The admin listener never sends them.
+    let cors = app.cors.as_ref().filter(|_| !admin);
+    let origin = cors.map_or(0, |c| c.lookup(cors::origin(&parts.headers)));
+    let mut resp = route(&app, &conn, flight, admin, origin, &parts, body).await;
+    if let Some(c) = cors {
+        c.add(origin, resp.headers_mut());
+    }
     Ok(if wants_close(&parts) {
         respond::closing(resp)
     } else {
@@ -159,11 +170,13 @@ async fn read_body(app: &App, body: Incoming) -> Result<Bytes, Response<Body>> {
     }
 }
 
+/// `origin`: the request's allowed CORS origin (`CorsHeaders::lookup`; 0: none).
 async fn route(
     app: &Arc<App>,
     conn: &Arc<ConnShared>,
     flight: InFlight,
     admin: bool,
+    origin: u32,
     parts: &Parts,
     body: Bytes,
 ) -> Response<Body> {
@@ -187,6 +200,11 @@ async fn route(
             Some(list) if parts.method == Method::GET => {
                 subscribe::handle(app, conn, flight, parts, list).await
             }
+            // A CORS preflight; without `--allow-origin`, OPTIONS is a method like any.
+            Some(_) if parts.method == Method::OPTIONS => match &app.cors {
+                Some(c) => c.preflight(origin),
+                None => respond::not_allowed("GET"),
+            },
             Some(_) => respond::not_allowed("GET"),
             None => respond::text(StatusCode::NOT_FOUND, "not found\n"),
         };

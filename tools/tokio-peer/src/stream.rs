@@ -10,12 +10,14 @@
 //! Every byte of the stream comes from holdfast's [`Framing`] (for SSE: `id:`, `event:`
 //! for multi-channel streams, one `data:` per line, base64 `event: binary` for
 //! non-UTF-8 payloads, `event: lost` before the first message after a gap,
-//! `event: deleted` then end); this body only decides when to send what.
+//! `event: deleted` then end, `event: expired` then end when the subscriber token runs
+//! out); this body only decides when to send what.
 //!
 //! The body holds the stream's [`StreamGuard`]: when hyper drops the body (the client
 //! left, the stream ended, the connection was cut) the stream leaves the hub and the store
 //! and the counters drop.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -28,7 +30,7 @@ use holdfast::store::ChannelKey;
 use holdfast::stream::Framing;
 use hyper::body::Frame;
 use tokio::sync::mpsc;
-use tokio::time::{Instant, Interval, MissedTickBehavior};
+use tokio::time::{Instant, Interval, MissedTickBehavior, Sleep};
 
 use crate::guard_io::{ConnShared, InFlight, ParkGuard};
 use crate::hub::{StreamItem, StreamReg};
@@ -69,6 +71,9 @@ pub struct StreamBody {
     /// The connection: the stream's backlog accounting.
     conn: Arc<ConnShared>,
     heartbeat: Interval,
+    /// The token's expiry: then `event: expired`, and the stream ends. Boxed (a
+    /// `Sleep` is `!Unpin`), and only for a stream that has a token.
+    expiry: Option<Pin<Box<Sleep>>>,
     /// Id of the last message sent.
     cursor: u64,
     /// A gap seen when the stream opened, announced before the next event.
@@ -85,6 +90,8 @@ pub struct Start {
     pub cursor: u64,
     /// A gap seen when the stream opened, announced before the next message.
     pub lost: bool,
+    /// Its subscriber token's expiry (`--subscribe-key`): the stream ends then.
+    pub expires: Option<Instant>,
 }
 
 impl StreamBody {
@@ -105,6 +112,9 @@ impl StreamBody {
             rx,
             conn,
             heartbeat,
+            expiry: start
+                .expires
+                .map(|at| Box::pin(tokio::time::sleep_until(at))),
             cursor: start.cursor,
             lost: start.lost,
             done: false,
@@ -137,6 +147,16 @@ impl hyper::body::Body for StreamBody {
             return Poll::Ready(Some(Err(io::Error::other(
                 "stream fell more than --sse-max-backlog behind",
             ))));
+        }
+        // Past its token's expiry nothing more is sent, not even what is queued.
+        if let Some(expiry) = this.expiry.as_mut() {
+            if expiry.as_mut().poll(cx).is_ready() {
+                this.done = true;
+                inc(&this.guard.app.stats.streams_expired);
+                let mut last = Vec::with_capacity(48);
+                this.framing.expired(&mut last);
+                return Self::data(last.into());
+            }
         }
         loop {
             match this.rx.poll_recv(cx) {

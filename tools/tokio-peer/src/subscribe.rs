@@ -16,10 +16,17 @@
 //! Stream: register the stream in the hub, then drain the store's buffer into the first
 //! frame until the store registers it (same no-gap argument), and hand hyper a
 //! [`StreamBody`] that carries on from there.
+//!
+//! Private channels (`--subscribe-key`): after the request parses (its `400`s first), its
+//! token ([`find_token`]: `Authorization`, `?token=`, the `--token-cookie` cookie) must
+//! grant every channel (`SubscribeKey::check`), else `401`/`403` and nothing waits. The
+//! token's `exp` then bounds the request: a long-poll's hold is the smaller of its
+//! timeout and the time left, a stream ends at `exp` with `event: expired`.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use holdfast::auth::find_token;
 use holdfast::http::parse::has_token;
 use holdfast::stats::{dec, inc};
 use holdfast::store::{ChannelKey, Cursor, Message, Subscribed};
@@ -49,12 +56,7 @@ pub async fn handle(
 ) -> Response<Body> {
     let query = parts.uri.query().unwrap_or("").as_bytes();
     // The last one, trimmed, as holdfast's head parser takes it.
-    let last_event_id = parts
-        .headers
-        .get_all(LAST_EVENT_ID)
-        .iter()
-        .next_back()
-        .map(|v| v.as_bytes().trim_ascii());
+    let last_event_id = last_header(parts, LAST_EVENT_ID).map(<[u8]>::trim_ascii);
     let holds = app.limits.holds;
     // The names are copied out: the parsed request is about 1 KiB (room for 64 names),
     // too much to keep in the future of every parked poll.
@@ -63,6 +65,26 @@ pub async fn handle(
             Ok(sub) => (sub.names().to_vec(), sub.cursor, sub.timeout),
             Err(why) => return respond::text(StatusCode::BAD_REQUEST, why),
         };
+    // Private channels: the token is checked once, here, after the request's own syntax
+    // and before anything waits; what is kept is how long it has left.
+    let token_left = match &app.subscribe_key {
+        None => None,
+        Some(key) => {
+            let token = find_token(
+                last_header(parts, header::AUTHORIZATION),
+                query,
+                parts.headers.get(header::COOKIE).map(|v| v.as_bytes()),
+                &app.token_cookie,
+            );
+            match key.check(token, &names) {
+                Ok(exp) => Some(time_left(exp)),
+                Err(why) => {
+                    inc(&app.stats.token_refused);
+                    return respond::token_refused(&why);
+                }
+            }
+        }
+    };
     let framing = Framing::for_request(
         parts
             .headers
@@ -74,10 +96,35 @@ pub async fn handle(
     // no parking.
     if let Some(framing) = framing {
         if !app.shutting_down() && !conn.client_closed() {
-            return open_stream(app, conn, flight, framing, &names, cursor);
+            // A stream ends at its token's expiry, on the monotonic clock from now (an
+            // `exp` too far ahead for the clock to represent is as good as none).
+            let now = tokio::time::Instant::now();
+            let expires = token_left.and_then(|left| now.checked_add(left));
+            return open_stream(app, conn, flight, framing, &names, cursor, expires);
         }
     }
+    // A long-poll is held no longer than its token (none left: answered at once).
+    let timeout = token_left.map_or(timeout, |left| timeout.min(left));
     long_poll(app, conn, &names, cursor, timeout).await
+}
+
+/// The last value of header `name`, as holdfast's head parser takes it.
+fn last_header(parts: &Parts, name: HeaderName) -> Option<&[u8]> {
+    parts
+        .headers
+        .get_all(name)
+        .iter()
+        .next_back()
+        .map(|v| v.as_bytes())
+}
+
+/// Time left until `exp` (seconds since the Unix epoch) on the wall clock, where `exp`
+/// lives; zero once it has passed (a token inside `--token-leeway`).
+fn time_left(exp: u64) -> Duration {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    Duration::from_secs(exp).saturating_sub(now)
 }
 
 /// A long-poll registered in the store; unregistered on drop.
@@ -187,6 +234,7 @@ fn open_stream(
     framing: Framing,
     names: &[&str],
     cursor: Cursor,
+    expires: Option<tokio::time::Instant>,
 ) -> Response<Body> {
     let named = names.len() > 1;
     let (tx, rx) = mpsc::unbounded_channel();
@@ -233,6 +281,7 @@ fn open_stream(
         first: first.into(),
         cursor,
         lost,
+        expires,
     };
     let body = StreamBody::new(
         framing,
@@ -243,4 +292,24 @@ fn open_stream(
         guard,
     );
     respond::stream(framing, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_left_is_measured_on_the_wall_clock_and_never_negative() {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert_eq!(time_left(now - 10), Duration::ZERO, "inside the leeway");
+        assert_eq!(time_left(0), Duration::ZERO);
+        let left = time_left(now + 60);
+        assert!(left > Duration::from_secs(58) && left <= Duration::from_secs(60));
+        // Far beyond what a monotonic instant can hold: no panic, no deadline.
+        let huge = time_left(u64::MAX);
+        assert!(std::time::Instant::now().checked_add(huge).is_none());
+    }
 }
