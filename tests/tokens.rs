@@ -815,7 +815,29 @@ fn hmac_secrets_accept_hs384_and_hs512() {
     }
 }
 
-/// Mints a token with PyJWT (`python3`, module `jwt`): `alg`, the key in `key_file`
+/// The Python that has PyJWT: `$PYTHON` if set, else the first of `python3` on `PATH`
+/// and Debian's `/usr/bin/python3` that can import `jwt` and `cryptography` (a
+/// `python3` on `PATH` from pyenv does not see Debian's `python3-jwt`, which `.ci/run`
+/// installs), else `python3` (whose failure then says what to install).
+fn python() -> String {
+    if let Ok(p) = std::env::var("PYTHON") {
+        return p;
+    }
+    for p in ["python3", "/usr/bin/python3"] {
+        let ok = Command::new(p)
+            .args(["-c", "import jwt, cryptography"])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return p.to_string();
+        }
+    }
+    "python3".to_string()
+}
+
+/// Mints a token with PyJWT (see [`python`], module `jwt`): `alg`, the key in `key_file`
 /// (for HMAC the file's bytes without one trailing newline, as the server reads it).
 /// Panics, saying what to install, if python3, PyJWT or its crypto backend is missing.
 fn pyjwt(alg: &str, key_file: &str, claims: &Value) -> String {
@@ -835,7 +857,7 @@ print(token if isinstance(token, str) else token.decode())
 "#;
     const INSTALL: &str = "install python3 and PyJWT with its crypto backend \
                            (Debian: apt-get install python3-jwt python3-cryptography)";
-    let out = Command::new("python3")
+    let out = Command::new(python())
         .args(["-c", SCRIPT, alg, key_file, &claims.to_string()])
         .stdin(Stdio::null())
         .output()
