@@ -83,6 +83,68 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// at least as long as the hash (32 bytes for HS256).
 pub const MIN_HMAC_SECRET: usize = 32;
 
+/// Smallest RSA key accepted for subscriber tokens (NIST SP 800-131A).
+pub const MIN_RSA_BITS: usize = 2048;
+
+/// DER of the named-curve OIDs: P-256 (1.2.840.10045.3.1.7), P-384 (1.3.132.0.34).
+const P256_OID: &[u8] = &[0x06, 0x08, 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x03, 0x01, 0x07];
+const P384_OID: &[u8] = &[0x06, 0x05, 0x2B, 0x81, 0x04, 0x00, 0x22];
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The DER bytes of the first PEM block in `text`.
+fn pem_body(text: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    let b64: String = text
+        .lines()
+        .skip_while(|l| !l.starts_with("-----BEGIN"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END"))
+        .map(str::trim)
+        .collect();
+    base64::engine::general_purpose::STANDARD.decode(b64).ok()
+}
+
+/// One DER element: (tag, contents, what follows).
+fn der_element(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = b.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (first as usize, rest)
+    } else {
+        let n = (first & 0x7F) as usize;
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n].iter().fold(0usize, |l, &b| (l << 8) | b as usize);
+        (len, &rest[n..])
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+}
+
+/// The size of an RSA public key's modulus in bits, from a SubjectPublicKeyInfo (or,
+/// `pkcs1`, an `RSAPublicKey`) in DER.
+fn rsa_modulus_bits(der: &[u8], pkcs1: bool) -> Option<usize> {
+    let (_, mut body, _) = der_element(der)?;
+    if !pkcs1 {
+        let (_, _, rest) = der_element(body)?; // AlgorithmIdentifier
+        let (tag, bits, _) = der_element(rest)?;
+        if tag != 0x03 {
+            return None;
+        }
+        let (_, key, _) = der_element(bits.get(1..)?)?; // after the unused-bits byte
+        body = key;
+    }
+    let (tag, n, _) = der_element(body)?;
+    if tag != 0x02 {
+        return None;
+    }
+    let n = &n[n.iter().position(|&b| b != 0)?..];
+    Some(n.len() * 8 - n[0].leading_zeros() as usize)
+}
+
 /// What a subscriber's token was checked with (`--subscribe-key`).
 pub struct SubscribeKey {
     key: DecodingKey,
@@ -292,14 +354,30 @@ impl SubscribeKey {
             if text.contains("PRIVATE KEY-----") {
                 return Err("a private key: give the public key (holdfast only verifies)".into());
             }
+            let der = pem_body(text).ok_or("not a PEM file")?;
             if let Ok(k) = DecodingKey::from_rsa_pem(bytes) {
+                let pkcs1 = text.contains("BEGIN RSA PUBLIC KEY");
+                let bits = rsa_modulus_bits(&der, pkcs1).ok_or("not an RSA public key")?;
+                if bits < MIN_RSA_BITS {
+                    return Err(format!(
+                        "an RSA key of {bits} bits; at least {MIN_RSA_BITS} are needed"
+                    ));
+                }
                 (
                     k,
                     vec![Algorithm::RS256, Algorithm::RS384, Algorithm::RS512],
                     "RSA",
                 )
             } else if let Ok(k) = DecodingKey::from_ec_pem(bytes) {
-                (k, vec![Algorithm::ES256, Algorithm::ES384], "EC")
+                // The key's curve fixes the one algorithm that can verify with it.
+                let alg = if contains(&der, P256_OID) {
+                    Algorithm::ES256
+                } else if contains(&der, P384_OID) {
+                    Algorithm::ES384
+                } else {
+                    return Err("an EC key on a curve other than P-256 or P-384".into());
+                };
+                (k, vec![alg], "EC")
             } else {
                 return Err("not an RSA or EC public key in PEM form".into());
             }
@@ -590,6 +668,31 @@ mod tests {
         let d = k.check(Some(b"x.y.z"), &["news"]).unwrap_err();
         assert_eq!(d.status(), 401);
         assert!(d.www_authenticate().contains("invalid_token"), "{d:?}");
+    }
+
+    #[test]
+    fn public_keys_that_cannot_serve_are_refused_and_curves_fix_the_algorithm() {
+        let load = |f: &str| {
+            let p = format!("{}/tests/assets/jwt/{f}", env!("CARGO_MANIFEST_DIR"));
+            SubscribeKey::from_file_contents(&std::fs::read(p).unwrap(), 0)
+        };
+        let e = load("rsa1024-public.pem").unwrap_err();
+        assert!(e.contains("1024 bits"), "{e}");
+        let e = load("ec-p521-public.pem").unwrap_err();
+        assert!(e.contains("P-256 or P-384"), "{e}");
+        assert_eq!(load("rsa-public-pkcs1.pem").unwrap().family, "RSA");
+        assert_eq!(
+            load("ec-p384-public.pem").unwrap().validation.algorithms,
+            [Algorithm::ES384]
+        );
+        assert_eq!(
+            load("ec-public.pem").unwrap().validation.algorithms,
+            [Algorithm::ES256]
+        );
+        assert_eq!(
+            rsa_modulus_bits(&pem_body(RSA_PUBLIC).unwrap(), false),
+            Some(2048)
+        );
     }
 
     const RSA_PUBLIC: &str = include_str!("../tests/assets/jwt/rsa-public.pem");

@@ -336,7 +336,7 @@ fn check_redis_url(s: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// `[A-Za-z0-9._-]{1,64}`: it becomes part of every key.
+/// An RFC 6265 cookie name, at most 128 bytes.
 fn parse_cookie_name(s: &str) -> Result<String, String> {
     if !crate::auth::valid_cookie_name(s) || s.len() > 128 {
         return Err("must be a cookie name: 1 to 128 letters, digits or !#$%&'*+-.^_`|~".into());
@@ -344,6 +344,7 @@ fn parse_cookie_name(s: &str) -> Result<String, String> {
     Ok(s.to_string())
 }
 
+/// `[A-Za-z0-9._-]{1,64}`: it becomes part of every key.
 fn parse_prefix(s: &str) -> Result<String, String> {
     if s.is_empty()
         || s.len() > 64

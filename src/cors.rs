@@ -211,6 +211,19 @@ fn check_origin(v: &str) -> Result<Box<str>, &'static str> {
     }) {
         return Err("bad port");
     }
+    // A browser leaves the scheme's default port out of `Origin`: such an entry would
+    // never match.
+    let default = match scheme.to_ascii_lowercase().as_str() {
+        "http" | "ws" => Some(80),
+        "https" | "wss" => Some(443),
+        _ => None,
+    };
+    if port
+        .and_then(|p| p.parse::<u16>().ok())
+        .is_some_and(|p| Some(p) == default)
+    {
+        return Err("drop the default port: a browser sends the origin without it");
+    }
     Ok(v.to_ascii_lowercase().into())
 }
 
@@ -275,6 +288,8 @@ mod tests {
         assert!(bad(&["a.example"]).contains("scheme://host"));
         assert!(bad(&["*", "https://a.example"]).contains("alone"));
         assert!(bad(&["https://a.example:99999"]).contains("port"));
+        assert!(bad(&["https://a.example:443"]).contains("default port"));
+        assert!(bad(&["http://a.example:80"]).contains("default port"));
         assert!(bad(&["https://"]).contains("no host"));
         assert!(bad(&["https://a b"]).contains("host"));
         assert!(Cors::new(&[], false).unwrap().is_none());

@@ -196,11 +196,13 @@ pub struct Conn {
     /// What the phase needs besides the timer: `Parked`, the CORS origin its answer
     /// names (0: none); `Stream`, its token's [`Expiry`]. 0 in every other phase.
     aux: u32,
-    /// Token generation: an event whose generation differs is for an earlier occupant.
-    /// 16 bits suffice: a stale event can only come from the same poll batch (or the
-    /// same loop iteration's resume list), and a slot would have to be reused 65,536
-    /// times within it to match (nginx keeps one bit, `ev->instance`, for this); a
-    /// backplane reply also carries its request's own sequence number.
+    /// Token generation (the worker's accept counter): an event whose generation
+    /// differs is for an earlier occupant. 16 bits suffice: a stale reference can only
+    /// come from the same poll batch (epoll reports an fd once per batch, and no slot is
+    /// closed then reused within it without 65,536 accepts in between) or the same loop
+    /// iteration's resume list (filled and drained with no accept in between); nginx
+    /// keeps one bit, `ev->instance`, for this. A backplane reply also carries its
+    /// request's own sequence number, which closing the connection forgets.
     gen: u16,
     phase: Phase,
     flags: u8,

@@ -9,7 +9,7 @@
 use std::io::Write;
 
 use bytes::Bytes;
-use holdfast::auth::{find_token, Denied};
+use holdfast::auth::{find_token, Denied, TokenError};
 use holdfast::http::parse::{Method, Request};
 use holdfast::http::respond;
 use holdfast::stats::inc;
@@ -404,7 +404,15 @@ impl Worker {
         // A client that has closed its side, or a server shutting down, gets an answer
         // now: no stream, no parking.
         let may_wait = self.shutting_down.is_none() && !self.conns[key].input_ended();
-        if let Some(framing) = Framing::for_request(req.wants_sse).filter(|_| may_wait) {
+        // A token accepted within the leeway but already past `exp` may read what is
+        // buffered, never wait: a stream or an empty poll would end at once and the
+        // client would come straight back, so it is told now.
+        let expired = self.shared.subscribe_key.is_some() && token_left_ms == 0;
+        let stream = Framing::for_request(req.wants_sse).filter(|_| may_wait);
+        if stream.is_some() && expired {
+            return self.token_refused(req, &Denied::Token(TokenError::Expired));
+        }
+        if let Some(framing) = stream {
             return self.open_stream(key, req, framing, names, sub.cursor, expiry);
         }
         // A long-poll never outlives its token.
@@ -468,6 +476,9 @@ impl Worker {
             Subscribed::Waiting { cursor, .. } => {
                 if self.shutting_down.is_some() {
                     return self.shutting_down_response();
+                }
+                if expired {
+                    return self.token_refused(req, &Denied::Token(TokenError::Expired));
                 }
                 inc(&self.shared.stats.poll_timeouts);
                 self.out.clear();

@@ -92,10 +92,17 @@ pub async fn handle(
             .iter()
             .any(|v| has_token(v.as_bytes(), b"text/event-stream")),
     );
+    // A token accepted within the leeway but already past `exp` may read what is
+    // buffered, never wait (as in holdfast): no stream, and `401` rather than an empty
+    // poll the client would repeat at once.
+    let expired = token_left.is_some_and(|left| left.is_zero());
     // A client that has closed its side gets an answer now, as from holdfast: no stream,
     // no parking.
     if let Some(framing) = framing {
         if !app.shutting_down() && !conn.client_closed() {
+            if expired {
+                return token_expired(app);
+            }
             // A stream ends at its token's expiry, on the monotonic clock from now (an
             // `exp` too far ahead for the clock to represent is as good as none).
             let now = tokio::time::Instant::now();
@@ -105,7 +112,15 @@ pub async fn handle(
     }
     // A long-poll is held no longer than its token (none left: answered at once).
     let timeout = token_left.map_or(timeout, |left| timeout.min(left));
-    long_poll(app, conn, &names, cursor, timeout).await
+    long_poll(app, conn, &names, cursor, timeout, expired).await
+}
+
+/// `401 token expired`, counted like any token refusal.
+fn token_expired(app: &App) -> Response<Body> {
+    inc(&app.stats.token_refused);
+    respond::token_refused(&holdfast::auth::Denied::Token(
+        holdfast::auth::TokenError::Expired,
+    ))
 }
 
 /// The last value of header `name`, as holdfast's head parser takes it.
@@ -163,12 +178,14 @@ async fn long_poll(
     names: &[&str],
     cursor: Cursor,
     timeout: Duration,
+    expired: bool,
 ) -> Response<Body> {
     let shutting_down = app.shutting_down();
     if timeout.is_zero() || shutting_down || conn.client_closed() {
         return match app.store.subscribe(names, cursor, None, app.now_ms()) {
             Ok(Subscribed::Ready { msg, lost }) => deliver(app, &msg, lost),
             Ok(Subscribed::Waiting { .. }) if shutting_down => respond::shutting_down(),
+            Ok(Subscribed::Waiting { .. }) if expired => token_expired(app),
             Ok(Subscribed::Waiting { cursor, .. }) => timed_out(app, cursor),
             Ok(Subscribed::Fetch) => unreachable!("{}", STANDALONE),
             Err(_) => respond::too_many_channels(),
