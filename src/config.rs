@@ -89,9 +89,10 @@ pub struct Config {
     #[arg(long)]
     pub trust_proxy: bool,
 
-    /// Unsent bytes per SSE stream before it is cut off.
-    #[arg(long, value_name = "SIZE", default_value = "256KiB", value_parser = parse_size)]
-    pub sse_max_backlog: u64,
+    /// Unsent bytes per stream (SSE, ndjson, WebSocket) before it is cut off (a reader
+    /// that stopped reading resumes with its cursor). Also --sse-max-backlog.
+    #[arg(long, visible_alias = "sse-max-backlog", value_name = "SIZE", default_value = "256KiB", value_parser = parse_size)]
+    pub stream_max_backlog: u64,
 
     /// Cluster mode: every node given the same Redis is one server (ids, buffers and
     /// deletes are shared; a publish on any node reaches every node's subscribers).
@@ -470,7 +471,7 @@ mod tests {
         assert_eq!(c.header_timeout, Duration::from_secs(10));
         assert_eq!(c.keepalive_timeout, Duration::from_secs(60));
         assert_eq!(c.sse_heartbeat, Duration::from_secs(15));
-        assert_eq!(c.sse_max_backlog, 256 * 1024);
+        assert_eq!(c.stream_max_backlog, 256 * 1024);
         assert!(c.validate().is_ok());
     }
 

@@ -16,6 +16,10 @@ pub struct Stats {
     pub parked: AtomicU64,
     /// SSE streams currently open.
     pub sse_streams: AtomicU64,
+    /// Newline-delimited JSON streams currently open.
+    pub ndjson_streams: AtomicU64,
+    /// WebSocket streams currently open.
+    pub websockets: AtomicU64,
     /// Messages written to subscribers (long-poll responses and SSE events).
     pub delivered: AtomicU64,
     /// Long-polls answered 204 on timeout.
@@ -29,6 +33,18 @@ pub struct Stats {
     pub token_refused: AtomicU64,
     /// Streams ended because their subscriber token expired.
     pub streams_expired: AtomicU64,
+}
+
+impl Stats {
+    /// The gauge of open streams of `framing`.
+    pub fn streams(&self, framing: crate::stream::Framing) -> &AtomicU64 {
+        use crate::stream::Framing;
+        match framing {
+            Framing::Sse => &self.sse_streams,
+            Framing::Ndjson => &self.ndjson_streams,
+            Framing::WebSocket => &self.websockets,
+        }
+    }
 }
 
 pub fn inc(c: &AtomicU64) {
@@ -51,6 +67,8 @@ impl Stats {
                 ("connections", "gauge", self.connections.load(Relaxed)),
                 ("parked", "gauge", self.parked.load(Relaxed)),
                 ("sse_streams", "gauge", self.sse_streams.load(Relaxed)),
+                ("ndjson_streams", "gauge", self.ndjson_streams.load(Relaxed)),
+                ("websockets", "gauge", self.websockets.load(Relaxed)),
                 ("channels", "gauge", store.channels as u64),
                 ("messages_buffered", "gauge", store.messages_buffered as u64),
                 ("bytes_buffered", "gauge", store.bytes_buffered as u64),

@@ -19,6 +19,8 @@ pub struct Subscribe<'a> {
     pub cursor: Cursor,
     /// How long a long-poll is held: `?timeout=`, capped, or the default.
     pub timeout: Duration,
+    /// `?stream=ndjson`: newline-delimited JSON, as `Accept: application/x-ndjson` asks.
+    pub ndjson: bool,
 }
 
 impl<'a> Subscribe<'a> {
@@ -64,6 +66,7 @@ pub fn parse<'a>(
     }
     let mut since = None;
     let mut timeout = holds.default;
+    let mut ndjson = false;
     for (k, v) in query_pairs(query) {
         match k {
             b"since" => since = Some(parse_id(v).ok_or("since must be a message id\n")?),
@@ -73,6 +76,12 @@ pub fn parse<'a>(
                     .and_then(|s| parse_duration(s).ok())
                     .ok_or("timeout must be seconds (or 500ms, 2m)\n")?
                     .min(holds.max);
+            }
+            b"stream" => {
+                if v != b"ndjson" {
+                    return Err("stream must be ndjson\n");
+                }
+                ndjson = true;
             }
             _ => {}
         }
@@ -89,6 +98,7 @@ pub fn parse<'a>(
         len,
         cursor: since.map_or(Cursor::Latest, Cursor::Since),
         timeout,
+        ndjson,
     })
 }
 

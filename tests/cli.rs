@@ -5,7 +5,7 @@ mod common;
 
 use std::process::Command;
 
-const FLAGS: [&str; 21] = [
+const FLAGS: [&str; 22] = [
     "--listen",
     "--admin-listen",
     "--threads",
@@ -19,6 +19,7 @@ const FLAGS: [&str; 21] = [
     "--max-connections",
     "--sse-heartbeat",
     "--sse-max-backlog",
+    "--stream-max-backlog",
     "--admin-token-file",
     "--redis",
     "--redis-prefix",

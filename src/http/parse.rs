@@ -86,6 +86,16 @@ pub struct Request<'a> {
     pub expect_continue: bool,
     /// `Accept` lists `text/event-stream`.
     pub wants_sse: bool,
+    /// `Accept` lists `application/x-ndjson`.
+    pub wants_ndjson: bool,
+    /// `Upgrade` lists `websocket`.
+    pub websocket: bool,
+    /// `Connection` lists `upgrade`.
+    pub connection_upgrade: bool,
+    /// `Sec-WebSocket-Key`.
+    pub ws_key: Option<&'a [u8]>,
+    /// `Sec-WebSocket-Version`.
+    pub ws_version: Option<&'a [u8]>,
     pub last_event_id: Option<&'a [u8]>,
     pub content_type: Option<&'a [u8]>,
     /// `Authorization` (the admin secret, or a subscriber's bearer token).
@@ -241,6 +251,11 @@ pub fn parse_head(buf: &[u8]) -> Result<Parsed<'_>, HeadError> {
     let mut conn_close = false;
     let mut expect_continue = false;
     let mut wants_sse = false;
+    let mut wants_ndjson = false;
+    let mut websocket = false;
+    let mut connection_upgrade = false;
+    let mut ws_key = None;
+    let mut ws_version = None;
     let mut last_event_id = None;
     let mut content_type = None;
     let mut authorization = None;
@@ -268,12 +283,20 @@ pub fn parse_head(buf: &[u8]) -> Result<Parsed<'_>, HeadError> {
             chunked = true;
         } else if name.eq_ignore_ascii_case(b"connection") {
             conn_close |= has_token(value, b"close");
+            connection_upgrade |= has_token(value, b"upgrade");
         } else if name.eq_ignore_ascii_case(b"expect") {
             if value.eq_ignore_ascii_case(b"100-continue") {
                 expect_continue = true;
             }
         } else if name.eq_ignore_ascii_case(b"accept") {
             wants_sse |= has_token(value, b"text/event-stream");
+            wants_ndjson |= has_token(value, b"application/x-ndjson");
+        } else if name.eq_ignore_ascii_case(b"upgrade") {
+            websocket |= has_token(value, b"websocket");
+        } else if name.eq_ignore_ascii_case(b"sec-websocket-key") {
+            ws_key = Some(value);
+        } else if name.eq_ignore_ascii_case(b"sec-websocket-version") {
+            ws_version = Some(value);
         } else if name.eq_ignore_ascii_case(b"last-event-id") {
             last_event_id = Some(value);
         } else if name.eq_ignore_ascii_case(b"content-type") {
@@ -316,6 +339,11 @@ pub fn parse_head(buf: &[u8]) -> Result<Parsed<'_>, HeadError> {
         keep_alive,
         expect_continue: expect_continue && minor == 1,
         wants_sse,
+        wants_ndjson,
+        websocket,
+        connection_upgrade,
+        ws_key,
+        ws_version,
         last_event_id,
         content_type,
         authorization,

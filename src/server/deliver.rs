@@ -10,7 +10,7 @@
 //!   timeout (`204`), its channel deleted (`410`), or shutdown (`503`); then its
 //!   pipelined input is resumed;
 //! - a stream is ended ([`Worker::end_stream`]): its channel deleted, shutdown, its
-//!   subscriber token expired, or a reader too slow for `--sse-max-backlog`;
+//!   subscriber token expired, or a reader too slow for `--stream-max-backlog`;
 //! - the client goes away (`socket.rs` closes it).
 //!
 //! Fan-out renders each message once per worker: the long-poll head once, each stream
@@ -53,6 +53,9 @@ pub enum End<'a> {
     Shutdown,
     /// Its subscriber token expired.
     Expired,
+    /// A WebSocket closes with this code: the client closed (the same code echoed) or
+    /// sent what it may not.
+    Close(u16),
 }
 
 impl Worker {
@@ -79,7 +82,7 @@ impl Worker {
             unix_ms: self.unix_ms,
         };
         self.step(key, input);
-        inc(&self.shared.stats.sse_streams);
+        inc(self.shared.stats.streams(start.framing));
     }
 
     /// Takes `key` off every park list and out of the store's subscriber counts.
@@ -90,10 +93,10 @@ impl Worker {
             .unpark(&mut Slots(&mut self.conns), key as u32, |k, emptied| {
                 store.unsubscribe(k, group, 1, emptied)
             });
-        let streaming = self.conns[key].framing().is_some();
+        let streaming = self.conns[key].framing();
         self.step(key, Input::Unparked);
-        if streaming {
-            dec(&self.shared.stats.sse_streams);
+        if let Some(framing) = streaming {
+            dec(self.shared.stats.streams(framing));
         } else {
             dec(&self.shared.stats.parked);
         }
@@ -181,6 +184,7 @@ impl Worker {
                 framing.expired(&mut self.out);
                 inc(&self.shared.stats.streams_expired);
             }
+            End::Close(code) => holdfast::stream::websocket::close(&mut self.out, code),
         }
         if !self.out.is_empty() {
             self.send_out(key, None);
@@ -273,12 +277,12 @@ impl Worker {
     }
 
     /// Closes a stream whose write failed or whose unsent bytes passed
-    /// `--sse-max-backlog` (a reader that stopped reading). Returns true if closed; the
+    /// `--stream-max-backlog` (a reader that stopped reading). Returns true if closed; the
     /// client resumes with its cursor.
-    fn stream_overflowed(&mut self, key: usize) -> bool {
+    pub(super) fn stream_overflowed(&mut self, key: usize) -> bool {
         let c = &self.conns[key];
         let backlog = c.io.as_ref().map_or(0, |io| io.output_bytes());
-        if c.is_dead() || backlog > self.shared.sse_max_backlog {
+        if c.is_dead() || backlog > self.shared.stream_max_backlog {
             self.close(key);
             return true;
         }

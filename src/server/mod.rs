@@ -20,6 +20,7 @@ pub mod requests;
 pub mod reserve;
 pub mod routes;
 pub mod socket;
+pub mod websocket;
 pub mod worker;
 
 use std::io;
@@ -151,7 +152,7 @@ pub fn start(cfg: &Config) -> io::Result<Handle> {
             linger: LINGER_MS,
         },
         shutdown_grace_ms: SHUTDOWN_GRACE_MS,
-        sse_max_backlog: cfg.sse_max_backlog as usize,
+        stream_max_backlog: cfg.stream_max_backlog as usize,
         trust_proxy: cfg.trust_proxy,
         reserve: Reserve::new(),
         epoch: std::time::Instant::now(),

@@ -7,6 +7,7 @@
 use holdfast::http::framing::{Framed, CHUNKED_OVERHEAD};
 use holdfast::http::parse::BodyLen;
 use holdfast::http::respond;
+use holdfast::stream::Framing;
 
 use super::conn::{Input, Phase};
 use super::routes::Outcome;
@@ -145,8 +146,14 @@ impl Worker {
             Outcome::Parked => self.release_io(key),
             Outcome::Deferred => unreachable!("handled above"),
             Outcome::Stream(start) => {
+                let websocket = start.framing == Framing::WebSocket;
                 self.start_stream(key, start);
-                self.release_io(key);
+                if websocket {
+                    // Frames the client sent right behind its upgrade request.
+                    self.websocket_input(key);
+                } else {
+                    self.release_io(key);
+                }
             }
         }
         true

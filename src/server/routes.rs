@@ -14,7 +14,8 @@ use holdfast::http::parse::{Method, Request};
 use holdfast::http::respond;
 use holdfast::stats::inc;
 use holdfast::store::{valid_channel_name, Cursor, Message, PublishError, Subscribed};
-use holdfast::stream::{Event, Framing};
+use holdfast::stream::websocket::{self, BadUpgrade};
+use holdfast::stream::{Asks, Event, Framing};
 use holdfast::subscribe;
 
 use super::backplane::{Job, Reply};
@@ -379,6 +380,32 @@ impl Worker {
             Err(why) => return self.text(req, 400, why),
         };
         let names = sub.names();
+        if req.websocket {
+            if let Err(bad) = websocket::check_upgrade(
+                req.method == Method::Get,
+                req.minor == 1,
+                req.connection_upgrade,
+                req.ws_key,
+                req.ws_version,
+            ) {
+                let version: &[(&str, &[u8])] = match bad {
+                    BadUpgrade::Version => &[("Sec-WebSocket-Version", websocket::VERSION)],
+                    _ => &[],
+                };
+                return self.respond(
+                    req,
+                    bad.status(),
+                    version,
+                    Some(b"text/plain; charset=utf-8"),
+                    bad.body().as_bytes(),
+                );
+            }
+            // A browser opens a WebSocket from any page, with its cookies (cross-site
+            // WebSocket hijacking): with --allow-origin, only listed origins may.
+            if self.shared.cors.is_some() && req.origin.is_some() && self.origin == 0 {
+                return self.text(req, 403, "origin not allowed\n");
+            }
+        }
         // Private channels: the token is checked once, here, before anything waits;
         // the connection keeps only its expiry.
         let mut expiry = Expiry::NONE;
@@ -408,7 +435,12 @@ impl Worker {
         // buffered, never wait: a stream or an empty poll would end at once and the
         // client would come straight back, so it is told now.
         let expired = self.shared.subscribe_key.is_some() && token_left_ms == 0;
-        let stream = Framing::for_request(req.wants_sse).filter(|_| may_wait);
+        let asks = Asks {
+            event_stream: req.wants_sse,
+            ndjson: req.wants_ndjson || sub.ndjson,
+            websocket: req.websocket,
+        };
+        let stream = Framing::for_request(asks).filter(|_| may_wait);
         if stream.is_some() && expired {
             return self.token_refused(req, &Denied::Token(TokenError::Expired));
         }
@@ -543,10 +575,16 @@ impl Worker {
         expiry: Expiry,
     ) -> Outcome {
         self.out.clear();
+        let cors = match framing {
+            // CORS does not apply to a WebSocket (its origin was checked above).
+            Framing::WebSocket => &b""[..],
+            _ => cors_lines(&self.shared, self.origin),
+        };
         framing.head(
             &mut self.out,
             &self.date,
-            cors_lines(&self.shared, self.origin),
+            cors,
+            req.ws_key.unwrap_or_default(),
         );
         let named = names.len() > 1;
         let fetched = self.reply.is_some();

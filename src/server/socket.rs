@@ -14,6 +14,7 @@ use std::net::{Shutdown, TcpStream};
 use bytes::Bytes;
 use holdfast::buffer::Io;
 use holdfast::stats::dec;
+use holdfast::stream::Framing;
 
 use super::conn::{Input, Phase, Slots};
 use super::worker::Worker;
@@ -52,11 +53,14 @@ impl Worker {
             Phase::Parked | Phase::Stream(_) => {
                 // A stream whose backlog just drained gives its buffers back now, so an
                 // idle stream owns nothing but its slot.
+                let websocket = c.framing() == Some(Framing::WebSocket);
                 self.release_io(key);
                 if hup {
                     // Gone (or half-closed) while waiting: nothing will be read again,
                     // even if a full input buffer keeps us from seeing the EOF by reading.
                     self.close(key);
+                } else if readable && websocket {
+                    self.read_websocket(key);
                 } else if readable {
                     self.read_while_parked(key);
                 }

@@ -71,7 +71,7 @@ pub struct Shared {
     pub holds: Holds,
     pub timeouts: Timeouts,
     pub shutdown_grace_ms: u64,
-    pub sse_max_backlog: usize,
+    pub stream_max_backlog: usize,
     pub trust_proxy: bool,
     /// The spare descriptor for refusing clients at the open-file limit.
     pub reserve: Reserve,

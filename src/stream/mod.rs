@@ -3,22 +3,45 @@
 //! Both servers open, feed and end every stream through [`Framing`]: the response head,
 //! replayed and live messages, heartbeats, the gap (`lost`) and `deleted` signals, and
 //! what is written when the server shuts down. Nothing else in either server knows a
-//! stream's wire format, so a new transport (chunked newline-delimited JSON, WebSocket)
-//! is one more variant here and one more file beside `sse.rs`.
+//! stream's wire format: each transport is one variant here and one file beside this
+//! one — [`sse`], [`ndjson`] (chunked newline-delimited JSON) and [`websocket`] — and
+//! the last two share the [`json`] envelope.
+//!
+//! The bytes rendered here are what goes on a raw socket (the mio server). A server
+//! whose HTTP library frames bodies itself (the tokio peer: hyper chunks, tungstenite
+//! frames) renders the envelope with [`json`] and lets the library frame it.
 //!
 //! Rendering takes an [`Event`] (id, channel, payload), not the store's message type, and
 //! writes into a caller-owned buffer: a message is rendered once per variant (and
 //! per `named` flavour) and the bytes are shared by every stream that receives it.
 
+pub mod json;
+pub mod ndjson;
 pub mod sse;
+pub mod websocket;
 
 use crate::store::Message;
 
-/// A stream transport. SSE is the only one today.
+/// A stream transport.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Framing {
     /// `text/event-stream` (see [`sse`]).
     Sse,
+    /// `application/x-ndjson`, chunked (see [`ndjson`]).
+    Ndjson,
+    /// RFC 6455 (see [`websocket`]).
+    WebSocket,
+}
+
+/// What a subscribe request asks for, as far as the transport goes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Asks {
+    /// `Accept` lists `text/event-stream`.
+    pub event_stream: bool,
+    /// `Accept` lists `application/x-ndjson`, or the query says `?stream=ndjson`.
+    pub ndjson: bool,
+    /// `Upgrade: websocket` (checked separately: see [`websocket::check_upgrade`]).
+    pub websocket: bool,
 }
 
 /// What a stream is given to render one message.
@@ -41,17 +64,34 @@ impl<'a> From<&'a Message> for Event<'a> {
 
 impl Framing {
     /// Number of variants (for tables indexed by [`index`](Framing::index)).
-    pub const COUNT: usize = 1;
+    pub const COUNT: usize = 3;
 
     /// `0..COUNT`.
     pub fn index(self) -> usize {
         self as usize
     }
 
-    /// The framing a subscribe request asks for, from what its `Accept` header lists;
-    /// `None` means a long-poll.
-    pub fn for_request(accepts_event_stream: bool) -> Option<Framing> {
-        accepts_event_stream.then_some(Framing::Sse)
+    /// The framing a subscribe request asks for; `None` means a long-poll. An upgrade
+    /// wins over `Accept`; `Accept: text/event-stream` over ndjson.
+    pub fn for_request(asks: Asks) -> Option<Framing> {
+        if asks.websocket {
+            Some(Framing::WebSocket)
+        } else if asks.event_stream {
+            Some(Framing::Sse)
+        } else if asks.ndjson {
+            Some(Framing::Ndjson)
+        } else {
+            None
+        }
+    }
+
+    /// The name `/stats` and logs use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Framing::Sse => "sse",
+            Framing::Ndjson => "ndjson",
+            Framing::WebSocket => "websocket",
+        }
     }
 
     /// Response headers of the stream's `200` (besides `Date`). A server that renders its
@@ -60,6 +100,9 @@ impl Framing {
     pub fn headers(self) -> &'static [(&'static str, &'static str)] {
         match self {
             Framing::Sse => sse::HEADERS,
+            Framing::Ndjson => ndjson::HEADERS,
+            // The `101`'s headers depend on the request's key: see [`websocket::handshake`].
+            Framing::WebSocket => &[],
         }
     }
 
@@ -68,6 +111,7 @@ impl Framing {
     pub fn close_delimited(self) -> bool {
         match self {
             Framing::Sse => true,
+            Framing::Ndjson | Framing::WebSocket => false,
         }
     }
 
@@ -75,13 +119,19 @@ impl Framing {
     pub fn preamble(self) -> &'static [u8] {
         match self {
             Framing::Sse => sse::PREAMBLE,
+            Framing::Ndjson | Framing::WebSocket => b"",
         }
     }
 
     /// The whole response head (status line, `Date`, [`headers`](Framing::headers),
     /// `lines` — header lines rendered ahead, such as an allowed origin's CORS headers —
-    /// blank line) followed by the [`preamble`](Framing::preamble).
-    pub fn head(self, out: &mut Vec<u8>, date: &[u8], lines: &[u8]) {
+    /// blank line) followed by the [`preamble`](Framing::preamble). A WebSocket's is
+    /// the `101` answering `ws_key` (the request's `Sec-WebSocket-Key`).
+    pub fn head(self, out: &mut Vec<u8>, date: &[u8], lines: &[u8], ws_key: &[u8]) {
+        if self == Framing::WebSocket {
+            websocket::handshake(out, ws_key, date, lines);
+            return;
+        }
         out.extend_from_slice(b"HTTP/1.1 200 OK\r\nDate: ");
         out.extend_from_slice(date);
         out.extend_from_slice(b"\r\n");
@@ -101,6 +151,8 @@ impl Framing {
     pub fn message(self, out: &mut Vec<u8>, ev: &Event<'_>, named: bool) {
         match self {
             Framing::Sse => sse::event(out, ev, named),
+            Framing::Ndjson => ndjson::message(out, ev),
+            Framing::WebSocket => websocket::message(out, ev),
         }
     }
 
@@ -109,6 +161,8 @@ impl Framing {
     pub fn lost(self, out: &mut Vec<u8>, next_id: u64) {
         match self {
             Framing::Sse => sse::lost(out, next_id),
+            Framing::Ndjson => ndjson::lost(out, next_id),
+            Framing::WebSocket => websocket::lost(out, next_id),
         }
     }
 
@@ -116,6 +170,8 @@ impl Framing {
     pub fn deleted(self, out: &mut Vec<u8>, channel: &str) {
         match self {
             Framing::Sse => sse::deleted(out, channel),
+            Framing::Ndjson => ndjson::deleted(out, channel),
+            Framing::WebSocket => websocket::deleted(out, channel),
         }
     }
 
@@ -124,6 +180,8 @@ impl Framing {
     pub fn expired(self, out: &mut Vec<u8>) {
         match self {
             Framing::Sse => sse::expired(out),
+            Framing::Ndjson => ndjson::expired(out),
+            Framing::WebSocket => websocket::expired(out),
         }
     }
 
@@ -131,6 +189,8 @@ impl Framing {
     pub fn heartbeat(self) -> &'static [u8] {
         match self {
             Framing::Sse => sse::HEARTBEAT,
+            Framing::Ndjson => ndjson::HEARTBEAT,
+            Framing::WebSocket => websocket::PING,
         }
     }
 
@@ -141,6 +201,8 @@ impl Framing {
             Framing::Sse => {
                 let _ = out;
             }
+            Framing::Ndjson => ndjson::shutdown(out),
+            Framing::WebSocket => websocket::shutdown(out),
         }
     }
 }
@@ -152,7 +214,7 @@ mod tests {
     #[test]
     fn an_sse_head_is_close_delimited_and_carries_the_preamble() {
         let mut out = vec![];
-        Framing::Sse.head(&mut out, b"Thu, 01 Jan 1970 00:00:00 GMT", b"");
+        Framing::Sse.head(&mut out, b"Thu, 01 Jan 1970 00:00:00 GMT", b"", b"");
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "HTTP/1.1 200 OK\r\nDate: Thu, 01 Jan 1970 00:00:00 GMT\r\n\
@@ -160,8 +222,24 @@ mod tests {
              X-Accel-Buffering: no\r\nConnection: close\r\n\r\nretry: 2000\n\n"
         );
         assert!(Framing::Sse.close_delimited());
-        assert_eq!(Framing::for_request(true), Some(Framing::Sse));
-        assert_eq!(Framing::for_request(false), None);
+        let asks = |event_stream, ndjson, websocket| Asks {
+            event_stream,
+            ndjson,
+            websocket,
+        };
+        assert_eq!(
+            Framing::for_request(asks(true, true, false)),
+            Some(Framing::Sse)
+        );
+        assert_eq!(
+            Framing::for_request(asks(false, true, false)),
+            Some(Framing::Ndjson)
+        );
+        assert_eq!(
+            Framing::for_request(asks(true, true, true)),
+            Some(Framing::WebSocket)
+        );
+        assert_eq!(Framing::for_request(Asks::default()), None);
         let mut out = vec![];
         Framing::Sse.shutdown(&mut out);
         assert!(out.is_empty());

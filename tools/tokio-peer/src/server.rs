@@ -143,7 +143,7 @@ impl Server {
         let admin = admin_l.local_addr()?;
 
         // The hub first: the store tells it about messages.
-        let hub = Hub::new(cfg.sse_max_backlog as usize);
+        let hub = Hub::new(cfg.stream_max_backlog as usize);
         let app = Arc::new(App {
             store: Store::new(cfg.store_config(), hub.clone()),
             stats: Stats::default(),

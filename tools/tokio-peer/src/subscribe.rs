@@ -85,13 +85,16 @@ pub async fn handle(
             }
         }
     };
-    let framing = Framing::for_request(
-        parts
+    // SSE only for now: ndjson and WebSocket subscribers are holdfast's so far (issue
+    // 14); the peer answers them as long-polls.
+    let framing = Framing::for_request(holdfast::stream::Asks {
+        event_stream: parts
             .headers
             .get_all(header::ACCEPT)
             .iter()
             .any(|v| has_token(v.as_bytes(), b"text/event-stream")),
-    );
+        ..Default::default()
+    });
     // A token accepted within the leeway but already past `exp` may read what is
     // buffered, never wait (as in holdfast): no stream, and `401` rather than an empty
     // poll the client would repeat at once.
