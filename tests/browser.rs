@@ -20,17 +20,11 @@
 
 mod common;
 
-use std::io::Read;
-use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::nginx::{Nginx, TempDir};
-use common::process::kill_group;
-use common::protocol::{get, publish, request, stat};
+use common::chromium::{assert_sse_and_polled, result_text, subscribers, Chromium};
+use common::nginx::Nginx;
+use common::protocol::{publish, request, stat};
 use common::server::Server;
 use common::timing::wait_until;
 
@@ -41,180 +35,12 @@ const CHANNEL: &str = "browser";
 const N: usize = 40;
 const BATCH: usize = N / 4;
 
-/// Chromium: `$CHROMIUM` if set, else `/usr/bin/chromium` or `chromium` on PATH.
-fn chromium_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("CHROMIUM") {
-        return PathBuf::from(p);
-    }
-    let on_path = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .unwrap_or_default();
-    [PathBuf::from("/usr/bin")]
-        .into_iter()
-        .chain(on_path)
-        .flat_map(|d| [d.join("chromium"), d.join("chromium-browser")])
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "Chromium is not installed (looked for /usr/bin/chromium and chromium on \
-                 PATH; set CHROMIUM=/path/to/chromium to point elsewhere). This test drives \
-                 a real browser: `apt-get install chromium` (.ci/run does)."
-            )
-        })
-}
-
-/// Headless Chromium dumping the DOM of one page. Runs in its own process group; on
-/// drop it gets SIGTERM (so it reaps its own children), then the group SIGKILL.
-struct Chromium {
-    child: Child,
-    stdout: Arc<Mutex<Vec<u8>>>,
-    reader: Option<thread::JoinHandle<()>>,
-    profile: TempDir,
-}
-
-impl Chromium {
-    fn dump_dom(url: &str) -> Chromium {
-        let bin = chromium_bin();
-        let profile = TempDir::new("chromium");
-        let log = std::fs::File::create(profile.path.join("stderr.log")).expect("log file");
-        let mut child = Command::new(&bin)
-            .args([
-                // What the sandbox needs (root, no network): see the env notes.
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--disable-dev-shm-usage",
-                // Console output of the page on stderr (its progress log).
-                "--enable-logging=stderr",
-                "--v=0",
-                "--dump-dom",
-            ])
-            .arg(format!(
-                "--user-data-dir={}",
-                profile.path.join("profile").display()
-            ))
-            .arg(url)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
-        let stdout = Arc::new(Mutex::new(Vec::new()));
-        let mut pipe = child.stdout.take().expect("stdout is piped");
-        let sink = stdout.clone();
-        let reader = thread::spawn(move || {
-            let mut buf = [0u8; 8192];
-            while let Ok(k) = pipe.read(&mut buf) {
-                if k == 0 {
-                    break;
-                }
-                if let Ok(mut s) = sink.lock() {
-                    s.extend_from_slice(&buf[..k]);
-                }
-            }
-        });
-        Chromium {
-            child,
-            stdout,
-            reader: Some(reader),
-            profile,
-        }
-    }
-
-    /// Waits up to `within` for Chromium to exit; Ok(the DOM it printed).
-    fn wait_dom(&mut self, within: Duration) -> Result<String, String> {
-        let deadline = Instant::now() + within;
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(status)) => {
-                    if let Some(r) = self.reader.take() {
-                        let _ = r.join();
-                    }
-                    let dom =
-                        String::from_utf8_lossy(&self.stdout.lock().expect("stdout")).into_owned();
-                    if !status.success() {
-                        return Err(format!("chromium exited with {status}"));
-                    }
-                    return Ok(dom);
-                }
-                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
-                Ok(None) => return Err(format!("chromium still running after {within:?}")),
-                Err(e) => return Err(format!("waiting for chromium: {e}")),
-            }
-        }
-    }
-
-    /// The page's console lines (and Chromium's own messages), for failure messages.
-    fn console(&self) -> String {
-        let all = std::fs::read_to_string(self.profile.path.join("stderr.log")).unwrap_or_default();
-        all.lines()
-            .filter(|l| l.contains("CONSOLE") || l.contains("ERROR"))
-            .filter(|l| !l.contains("dbus") && !l.contains("DBus"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-}
-
-impl Drop for Chromium {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = Command::new("kill")
-                .args(["-s", "TERM", &self.child.id().to_string()])
-                .status();
-            let deadline = Instant::now() + 3 * SEC;
-            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                thread::sleep(Duration::from_millis(20));
-            }
-            if matches!(self.child.try_wait(), Ok(None)) {
-                // Not reaped yet, so the group id is still this browser's.
-                kill_group(self.child.id(), "KILL");
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-            }
-        }
-        // Helpers that outlived the browser process are still in its group.
-        kill_group(self.child.id(), "KILL");
-        if let Some(r) = self.reader.take() {
-            let _ = r.join();
-        }
-    }
-}
-
-/// Subscribers on `channel` (0 if the channel does not exist).
-fn subscribers(admin: std::net::SocketAddr, channel: &str) -> u64 {
-    let r = get(admin, &format!("/pub/{channel}"));
-    match r.status {
-        200 => r.json()["subscribers"].as_u64().unwrap_or(0),
-        404 => 0,
-        _ => panic!("GET /pub/{channel}: {}", r.brief()),
-    }
-}
-
-/// The text of `<pre id="result">` in a dumped DOM, unescaped.
-fn result_text(dom: &str) -> Option<String> {
-    let start = dom.find("<pre id=\"result\">")? + "<pre id=\"result\">".len();
-    let end = start + dom[start..].find("</pre>")?;
-    Some(
-        dom[start..end]
-            .replace("&lt;", "<")
-            .replace("&gt;", ">")
-            .replace("&quot;", "\"")
-            .replace("&amp;", "&"),
-    )
-}
-
 #[test]
 fn chromium_receives_every_message_once_in_order_over_sse_and_long_poll() {
     let s = Server::start(&["--buffer-messages", "64"]);
     let n = Nginx::start(s.public, &[("example-client.html", PAGE)]);
     let url = format!("http://{}/example-client.html?ch={CHANNEL}&n={N}", n.addr);
-    let mut browser = Chromium::dump_dom(&url);
+    let mut browser = Chromium::dump_dom(&url, "chromium");
     let context = |browser: &Chromium| {
         format!(
             "\npage console:\n{}\nnginx:\n{}\nserver:\n{}",
@@ -304,29 +130,8 @@ fn chromium_receives_every_message_once_in_order_over_sse_and_long_poll() {
         .enumerate()
         .map(|(i, id)| (id.clone(), format!("m{i}")))
         .collect();
-    let pairs = |list: &serde_json::Value| -> Vec<(String, String)> {
-        list.as_array()
-            .unwrap_or_else(|| panic!("not a list: {list}"))
-            .iter()
-            .map(|e| {
-                (
-                    e["id"].as_str().unwrap_or_default().to_string(),
-                    e["data"].as_str().unwrap_or_default().to_string(),
-                )
-            })
-            .collect()
-    };
     // Exactly once, in order, on both paths.
-    assert_eq!(
-        pairs(&result["sse"]),
-        want,
-        "EventSource deliveries: {result}"
-    );
-    assert_eq!(
-        pairs(&result["polled"]),
-        want,
-        "long-poll deliveries: {result}"
-    );
+    assert_sse_and_polled(&result, &want);
     for p in result["polled"].as_array().expect("polled") {
         assert!(p["lost"].is_null(), "a gap was reported: {p}");
     }

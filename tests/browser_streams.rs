@@ -1,7 +1,7 @@
 //! A real browser on the two JSON transports (docs/protocol.md, "The JSON envelope",
 //! "WebSocket", "Newline-delimited JSON streams"): headless Chromium loads
 //! `tests/assets/streams-client.html` from `http://127.0.0.2:PORT`, a tiny static
-//! server in this test, and subscribes to one channel of holdfast
+//! server (`common::chromium::PageServer`), and subscribes to one channel of holdfast
 //! (`127.0.0.1:PORT`) twice at once: with a browser `WebSocket`, and with a `fetch()`
 //! of `?stream=ndjson` read through its `ReadableStream` (split on `\n`, empty
 //! heartbeat lines skipped, the rest `JSON.parse`d). Base64 payloads are decoded with
@@ -48,20 +48,14 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::Write;
+use std::net::SocketAddr;
 use std::ops::Range;
-use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::chromium::{subscribers, Page, PageServer, Run};
 use common::http::{request_bytes, Conn};
-use common::nginx::TempDir;
-use common::process::kill_group;
 use common::protocol::{get, id_num, publish_id, stat, stats};
 use common::server::Server;
 use common::timing::wait_until;
@@ -78,319 +72,6 @@ const CUT: usize = 5_000;
 const PHASES: [Range<usize>; 3] = [0..6_000, 6_000..8_000, 8_000..N];
 /// Keep-alive connections the messages are pipelined on.
 const PUBLISHERS: usize = 4;
-/// Where the page is served from: a loopback address other than holdfast's 127.0.0.1,
-/// so a different origin.
-const PAGE_HOST: &str = "127.0.0.2";
-/// The bound on each step (a step takes well under a second; a first Chromium start on
-/// a busy machine can take several).
-const STEP: Duration = Duration::from_secs(60);
-
-// ---------------------------------------------------------------------------------
-// Chromium (as in tests/browser.rs and tests/browser_cors.rs)
-// ---------------------------------------------------------------------------------
-
-/// Chromium: `$CHROMIUM` if set, else `/usr/bin/chromium` or `chromium` on PATH.
-fn chromium_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("CHROMIUM") {
-        return PathBuf::from(p);
-    }
-    let on_path = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .unwrap_or_default();
-    [PathBuf::from("/usr/bin")]
-        .into_iter()
-        .chain(on_path)
-        .flat_map(|d| [d.join("chromium"), d.join("chromium-browser")])
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "Chromium is not installed (looked for /usr/bin/chromium and chromium on \
-                 PATH; set CHROMIUM=/path/to/chromium to point elsewhere). This test drives \
-                 a real browser: `apt-get install chromium` (.ci/run does)."
-            )
-        })
-}
-
-/// Headless Chromium dumping the DOM of one page. Runs in its own process group; on
-/// drop it gets SIGTERM (so it reaps its own children), then the group SIGKILL.
-struct Chromium {
-    child: Child,
-    stdout: Arc<Mutex<Vec<u8>>>,
-    reader: Option<thread::JoinHandle<()>>,
-    profile: TempDir,
-}
-
-impl Chromium {
-    fn dump_dom(url: &str) -> Chromium {
-        let bin = chromium_bin();
-        let profile = TempDir::new("chromium-streams");
-        let log = std::fs::File::create(profile.path.join("stderr.log")).expect("log file");
-        let mut child = Command::new(&bin)
-            .args([
-                // The same flags as tests/browser.rs (what the sandbox needs: root, no
-                // network); nothing stream- or CORS-specific.
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--disable-dev-shm-usage",
-                // Console output of the page on stderr (its progress log).
-                "--enable-logging=stderr",
-                "--v=0",
-                "--dump-dom",
-            ])
-            .arg(format!(
-                "--user-data-dir={}",
-                profile.path.join("profile").display()
-            ))
-            .arg(url)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
-        let stdout = Arc::new(Mutex::new(Vec::new()));
-        let mut pipe = child.stdout.take().expect("stdout is piped");
-        let sink = stdout.clone();
-        let reader = thread::spawn(move || {
-            let mut buf = [0u8; 64 * 1024];
-            while let Ok(k) = pipe.read(&mut buf) {
-                if k == 0 {
-                    break;
-                }
-                if let Ok(mut s) = sink.lock() {
-                    s.extend_from_slice(&buf[..k]);
-                }
-            }
-        });
-        Chromium {
-            child,
-            stdout,
-            reader: Some(reader),
-            profile,
-        }
-    }
-
-    /// Waits up to `within` for Chromium to exit; Ok(the DOM it printed).
-    fn wait_dom(&mut self, within: Duration) -> Result<String, String> {
-        let deadline = Instant::now() + within;
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(status)) => {
-                    if let Some(r) = self.reader.take() {
-                        let _ = r.join();
-                    }
-                    let dom =
-                        String::from_utf8_lossy(&self.stdout.lock().expect("stdout")).into_owned();
-                    if !status.success() {
-                        return Err(format!("chromium exited with {status}"));
-                    }
-                    return Ok(dom);
-                }
-                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
-                Ok(None) => return Err(format!("chromium still running after {within:?}")),
-                Err(e) => return Err(format!("waiting for chromium: {e}")),
-            }
-        }
-    }
-
-    /// The page's console lines (and Chromium's own messages), for failure messages.
-    fn console(&self) -> String {
-        let all = std::fs::read_to_string(self.profile.path.join("stderr.log")).unwrap_or_default();
-        all.lines()
-            .filter(|l| l.contains("CONSOLE") || l.contains("ERROR"))
-            .filter(|l| !l.contains("dbus") && !l.contains("DBus"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-}
-
-impl Drop for Chromium {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            let _ = Command::new("kill")
-                .args(["-s", "TERM", &self.child.id().to_string()])
-                .status();
-            let deadline = Instant::now() + 3 * SEC;
-            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                thread::sleep(Duration::from_millis(20));
-            }
-            if matches!(self.child.try_wait(), Ok(None)) {
-                // Not reaped yet, so the group id is still this browser's.
-                kill_group(self.child.id(), "KILL");
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-            }
-        }
-        // Helpers that outlived the browser process are still in its group.
-        kill_group(self.child.id(), "KILL");
-        if let Some(r) = self.reader.take() {
-            let _ = r.join();
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------
-// The page's own origin: a static server on 127.0.0.2
-// ---------------------------------------------------------------------------------
-
-#[derive(Default)]
-struct PageState {
-    /// Names the page reported with `GET /mark/NAME`.
-    marks: HashSet<String>,
-    /// Gates the test opened: `GET /gate/NAME` is answered.
-    open: HashSet<String>,
-    /// The server is going away: answer whatever waits.
-    stopping: bool,
-    /// Request lines seen, for failure messages.
-    requests: Vec<String>,
-}
-
-/// Serves the page at `/streams-client.html`, records `/mark/NAME`, and answers
-/// `/gate/NAME` once [`PageServer::open`] has opened that gate. One thread per
-/// connection, each request answered with `Connection: close`.
-struct PageServer {
-    addr: SocketAddr,
-    state: Arc<(Mutex<PageState>, Condvar)>,
-    stop: Arc<AtomicBool>,
-    acceptor: Option<thread::JoinHandle<()>>,
-}
-
-impl PageServer {
-    fn start() -> PageServer {
-        let listener = TcpListener::bind((PAGE_HOST, 0)).unwrap_or_else(|e| {
-            panic!(
-                "cannot listen on {PAGE_HOST} (the page needs a loopback origin other than \
-                 holdfast's 127.0.0.1; Linux routes all of 127.0.0.0/8 to lo): {e}"
-            )
-        });
-        let addr = listener.local_addr().expect("page server address");
-        let state: Arc<(Mutex<PageState>, Condvar)> = Arc::default();
-        let stop = Arc::new(AtomicBool::new(false));
-        let acceptor = {
-            let state = state.clone();
-            let stop = stop.clone();
-            thread::spawn(move || {
-                for conn in listener.incoming() {
-                    if stop.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    let Ok(conn) = conn else { continue };
-                    let state = state.clone();
-                    thread::spawn(move || serve_page_conn(conn, &state));
-                }
-            })
-        };
-        PageServer {
-            addr,
-            state,
-            stop,
-            acceptor: Some(acceptor),
-        }
-    }
-
-    /// `http://127.0.0.2:PORT`, exactly as Chromium sends it in `Origin`.
-    fn origin(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    fn marked(&self, name: &str) -> bool {
-        self.state
-            .0
-            .lock()
-            .expect("page state")
-            .marks
-            .contains(name)
-    }
-
-    /// Lets `/gate/NAME` answer.
-    fn open(&self, gate: &str) {
-        self.state
-            .0
-            .lock()
-            .expect("page state")
-            .open
-            .insert(gate.to_string());
-        self.state.1.notify_all();
-    }
-
-    fn requests(&self) -> String {
-        self.state.0.lock().expect("page state").requests.join("\n")
-    }
-}
-
-impl Drop for PageServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Ok(mut s) = self.state.0.lock() {
-            s.stopping = true;
-        }
-        self.state.1.notify_all();
-        // Wakes the acceptor, which then sees `stop`.
-        let _ = TcpStream::connect_timeout(&self.addr, SEC);
-        if let Some(a) = self.acceptor.take() {
-            let _ = a.join();
-        }
-    }
-}
-
-fn serve_page_conn(mut conn: TcpStream, state: &(Mutex<PageState>, Condvar)) {
-    let _ = conn.set_read_timeout(Some(30 * SEC));
-    let mut head = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        match conn.read(&mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(k) => head.extend_from_slice(&buf[..k]),
-        }
-        if head.len() > 64 * 1024 {
-            return;
-        }
-    }
-    let head = String::from_utf8_lossy(&head);
-    let line = head.lines().next().unwrap_or_default().to_string();
-    let target = line.split(' ').nth(1).unwrap_or_default();
-    let path = target
-        .split(['?', '#'])
-        .next()
-        .unwrap_or_default()
-        .to_string();
-    state.0.lock().expect("page state").requests.push(line);
-    let (status, kind, body): (&str, &str, &[u8]) = if path == "/streams-client.html" {
-        ("200 OK", "text/html; charset=utf-8", PAGE)
-    } else if let Some(name) = path.strip_prefix("/mark/") {
-        state
-            .0
-            .lock()
-            .expect("page state")
-            .marks
-            .insert(name.to_string());
-        state.1.notify_all();
-        ("204 No Content", "text/plain", b"")
-    } else if let Some(name) = path.strip_prefix("/gate/") {
-        let mut s = state.0.lock().expect("page state");
-        let deadline = Instant::now() + 180 * SEC;
-        while !s.open.contains(name) && !s.stopping && Instant::now() < deadline {
-            s = state.1.wait_timeout(s, SEC).expect("page state").0;
-        }
-        ("204 No Content", "text/plain", b"")
-    } else {
-        ("404 Not Found", "text/plain", b"not found")
-    };
-    let mut answer = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\n\
-         Cache-Control: no-store\r\nConnection: close\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    answer.extend_from_slice(body);
-    let _ = conn.write_all(&answer);
-}
 
 // ---------------------------------------------------------------------------------
 // The messages
@@ -477,16 +158,6 @@ fn publish_on_one_connection(admin: SocketAddr, part: &[usize]) -> Vec<(u64, usi
             .expect("sending the publishes");
         ids
     })
-}
-
-/// Subscribers on [`CHANNEL`] (0 if the channel does not exist).
-fn subscribers(admin: SocketAddr) -> u64 {
-    let r = get(admin, &format!("/pub/{CHANNEL}"));
-    match r.status {
-        200 => r.json()["subscribers"].as_u64().unwrap_or(0),
-        404 => 0,
-        _ => panic!("GET /pub/{CHANNEL}: {}", r.brief()),
-    }
 }
 
 /// `/stats` `websockets` and `ndjson_streams`.
@@ -594,109 +265,40 @@ fn difference(got: &[Delivery], want: &[Delivery]) -> Option<String> {
     Some(out)
 }
 
-/// The text of `<pre id="result">` in a dumped DOM, unescaped (an HTML serializer
-/// escapes `&`, `<`, `>` and U+00A0 in text).
-fn result_text(dom: &str) -> Option<String> {
-    let start = dom.find("<pre id=\"result\">")? + "<pre id=\"result\">".len();
-    let end = start + dom[start..].find("</pre>")?;
-    Some(
-        dom[start..end]
-            .replace("&lt;", "<")
-            .replace("&gt;", ">")
-            .replace("&quot;", "\"")
-            .replace("&nbsp;", "\u{a0}")
-            .replace("&amp;", "&"),
-    )
-}
-
 // ---------------------------------------------------------------------------------
 // The run
 // ---------------------------------------------------------------------------------
 
-/// The page, holdfast and Chromium, with bounded waits that name themselves and show
-/// every log on failure.
-struct Run<'a> {
-    server: &'a Server,
-    page: &'a PageServer,
-    browser: Chromium,
-    started: Instant,
+/// Serves the page at `/streams-client.html`; its gates are `/gate/NAME`, `/gate/load`
+/// the image that holds its load event.
+fn page_server() -> PageServer {
+    PageServer::start(Page {
+        path: "/streams-client.html",
+        html: PAGE,
+        gates: "/gate/",
+        gate_limit: 180 * SEC,
+    })
 }
 
-impl Run<'_> {
-    fn context(&self) -> String {
-        format!(
-            "\npage console:\n{}\npage server requests:\n{}\nholdfast:\n{}",
-            self.browser.console(),
-            self.page.requests(),
-            self.server.output()
-        )
-    }
-
-    /// Waits for `cond`; false if the page gave up first (marked `done`: its result
-    /// says why).
-    fn wait(&self, what: &str, mut cond: impl FnMut() -> bool) -> bool {
-        let mut held = false;
-        let over = wait_until(
-            || {
-                held = cond();
-                held || self.page.marked("done")
-            },
-            STEP,
-        );
+/// Lets the page finish (asking it to, if it has not within `within`) and returns its
+/// `#result`.
+fn finish(run: &mut Run, within: Duration) -> serde_json::Value {
+    if !wait_until(|| run.page.marked("done"), within) {
+        eprintln!("the page is not done after {within:?}: asking it to report");
+        run.page.open("/gate/finish");
+        run.page.open("/gate/reopen");
         assert!(
-            over,
-            "waiting for {what} ({:?} in){}",
-            self.started.elapsed(),
-            self.context()
+            wait_until(|| run.page.marked("done"), 20 * SEC),
+            "the page did not finish when asked{}",
+            run.context()
         );
-        held
     }
-
-    fn since(&self) -> String {
-        format!("{:.1?}", self.started.elapsed())
-    }
-
-    /// Lets the page finish (asking it to, if it has not within `within`) and returns
-    /// its `#result`.
-    fn finish(&mut self, within: Duration) -> serde_json::Value {
-        if !wait_until(|| self.page.marked("done"), within) {
-            eprintln!("the page is not done after {within:?}: asking it to report");
-            self.page.open("finish");
-            self.page.open("reopen");
-            assert!(
-                wait_until(|| self.page.marked("done"), 20 * SEC),
-                "the page did not finish when asked{}",
-                self.context()
-            );
-        }
-        let done = self.started.elapsed();
-        self.page.open("load");
-        let dom = self
-            .browser
-            .wait_dom(30 * SEC)
-            .unwrap_or_else(|e| panic!("{e}{}", self.context()));
-        eprintln!(
-            "the page was done {done:.1?} after Chromium started, which exited after {:.1?} \
-             ({} bytes of DOM)",
-            self.started.elapsed(),
-            dom.len()
-        );
-        let text = result_text(&dom).unwrap_or_else(|| {
-            let mut head = dom.clone();
-            head.truncate(3000);
-            panic!("no #result in the DOM:\n{head}{}", self.context())
-        });
-        serde_json::from_str(&text).unwrap_or_else(|e| {
-            let mut head = text.clone();
-            head.truncate(3000);
-            panic!("#result is not JSON ({e}): {head}{}", self.context())
-        })
-    }
+    run.result("/gate/load", 30 * SEC)
 }
 
 #[test]
 fn chromium_gets_every_message_once_in_order_over_websocket_and_ndjson_and_resumes() {
-    let page = PageServer::start();
+    let page = page_server();
     let origin = page.origin();
     let s = Server::start(&[
         // Holds all 10,000: the resume gap is covered whatever its size.
@@ -716,19 +318,14 @@ fn chromium_gets_every_message_once_in_order_over_websocket_and_ndjson_and_resum
         "{origin}/streams-client.html#hf={}&ch={CHANNEL}&n={N}&cut={CUT}",
         s.public
     );
-    let mut run = Run {
-        server: &s,
-        page: &page,
-        browser: Chromium::dump_dom(&url),
-        started: Instant::now(),
-    };
+    let mut run = Run::start(&s, &page, &url, "chromium-streams");
     let mut published: Vec<(u64, usize)> = Vec::new();
     let mut streams_seen = Vec::new();
     'script: {
         // 1. Both subscriptions open (and a heartbeat seen): 6,000 back to back. The page
         //    drops both after its 5,000th message.
         if !run.wait("the page to subscribe twice (WebSocket and ndjson)", || {
-            page.marked("open") && subscribers(s.admin) == 2
+            page.marked("open") && subscribers(s.admin, CHANNEL) == 2
         }) {
             break 'script;
         }
@@ -744,7 +341,7 @@ fn chromium_gets_every_message_once_in_order_over_websocket_and_ndjson_and_resum
 
         // 2. Both gone, as holdfast sees it: 2,000 more, which only the buffer can hold.
         if !run.wait("the page to drop both subscriptions", || {
-            page.marked("closed") && subscribers(s.admin) == 0
+            page.marked("closed") && subscribers(s.admin, CHANNEL) == 0
         }) {
             break 'script;
         }
@@ -757,12 +354,12 @@ fn chromium_gets_every_message_once_in_order_over_websocket_and_ndjson_and_resum
             PHASES[1].len(),
             t.elapsed()
         );
-        page.open("reopen");
+        page.open("/gate/reopen");
 
         // 3. Both back with ?since=: the last 2,000 live, while holdfast may still be
         //    replaying the 3,000 the page has not kept yet.
         if !run.wait("the page to subscribe again with ?since=", || {
-            page.marked("reopened") && subscribers(s.admin) == 2
+            page.marked("reopened") && subscribers(s.admin, CHANNEL) == 2
         }) {
             break 'script;
         }
@@ -779,7 +376,7 @@ fn chromium_gets_every_message_once_in_order_over_websocket_and_ndjson_and_resum
     let info = get(s.admin, &format!("/pub/{CHANNEL}"));
     // Everything is published: the page has it all within a second or two, unless some
     // message is missing (then it never counts N, and is asked for what it has).
-    let result = run.finish(30 * SEC);
+    let result = finish(&mut run, 30 * SEC);
     let context = run.context();
 
     // What was published, in id order: what each transport must have, exactly.

@@ -49,6 +49,10 @@ pub mod timing;
 #[allow(dead_code)]
 pub mod nginx;
 
+/// Headless Chromium on a test page, the page's own static server (browser*.rs).
+#[allow(dead_code)]
+pub mod chromium;
+
 /// Valid requests, mutations of them, a strict response reader (parser_props.rs,
 /// malformed_input.rs).
 #[allow(dead_code)]
