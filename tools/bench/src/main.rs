@@ -12,6 +12,7 @@
 
 mod cluster;
 mod measure;
+mod probe;
 mod procs;
 mod report;
 mod scenarios;
@@ -32,8 +33,9 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
     version,
     about = "Side-by-side benchmark of holdfast, holdfast-tokio and nchan: memory per parked \
              long-poll, fan-out, poll cycle, idle CPU, 200k-connection scale, memory per SSE \
-             stream and SSE fan-out; and holdfast's cluster mode on Redis: fan-out over \
-             several nodes and the publish ceiling."
+             stream and SSE fan-out; holdfast's cluster mode on Redis: fan-out over several \
+             nodes and the publish ceiling; memory per WebSocket and ndjson stream and their \
+             fan-out."
 )]
 struct Args {
     /// Tiny sizes and short windows (CI): well under a minute.
@@ -117,6 +119,22 @@ struct Args {
     #[arg(long)]
     sse_fanout_n: Option<u64>,
 
+    /// WebSocket idle-hold sizes N [default: 1000,5000,10000,19000; smoke: 200].
+    #[arg(long, value_delimiter = ',')]
+    ws_idle_n: Vec<u64>,
+
+    /// WebSocket fan-out subscribers [default: 15000; smoke: 200].
+    #[arg(long)]
+    ws_fanout_n: Option<u64>,
+
+    /// ndjson idle-hold sizes N [default: 1000,5000,10000,19000; smoke: 200].
+    #[arg(long, value_delimiter = ',')]
+    ndjson_idle_n: Vec<u64>,
+
+    /// ndjson fan-out streams [default: 15000; smoke: 200].
+    #[arg(long)]
+    ndjson_fanout_n: Option<u64>,
+
     /// Cluster fan-out subscribers N [default: 10000,50000; smoke: 200]. A setup whose
     /// share per node is over 19,000 is reported as not run.
     #[arg(long, value_delimiter = ',')]
@@ -168,6 +186,10 @@ impl Args {
             scale_procs: self.scale_procs.unwrap_or(if s { 2 } else { 12 }),
             sse_idle_n: sizes(&self.sse_idle_n),
             sse_fanout_n: pick(self.sse_fanout_n, 15000, 200),
+            ws_idle_n: sizes(&self.ws_idle_n),
+            ws_fanout_n: pick(self.ws_fanout_n, 15000, 200),
+            ndjson_idle_n: sizes(&self.ndjson_idle_n),
+            ndjson_fanout_n: pick(self.ndjson_fanout_n, 15000, 200),
             cluster_n: if !self.cluster_n.is_empty() {
                 self.cluster_n.clone()
             } else if s {
@@ -307,6 +329,10 @@ fn run(args: &Args) -> Result<(), String> {
             Scenario::SseFanout,
             Scenario::ClusterFanout,
             Scenario::PublishCeiling,
+            Scenario::WsIdle,
+            Scenario::WsFanout,
+            Scenario::NdjsonIdle,
+            Scenario::NdjsonFanout,
         ]
     } else {
         let mut v = args.only.clone();
@@ -427,6 +453,42 @@ fn run(args: &Args) -> Result<(), String> {
                 .into(),
         );
     }
+    if scenarios
+        .iter()
+        .any(|s| matches!(s, Scenario::WsIdle | Scenario::WsFanout))
+    {
+        notes.push(format!(
+            "WebSocket scenarios: every subscriber is `GET /sub/CHANNEL` with `Upgrade: websocket` \
+             and a random 16-byte `Sec-WebSocket-Key`; the stress tool checks the \
+             `Sec-WebSocket-Accept`, reads every frame and answers nothing, not even pings (a \
+             subscriber sends nothing; holdfast asks for no pong, and every measurement ends \
+             within seconds of the connections opening, before the first 15 s ping). \
+             holdfast and holdfast-tokio send each message as one text frame holding the JSON \
+             envelope (`{{\"id\":…,\"channel\":…,\"data\":…}}`), and the tool checks its id like \
+             an SSE id; nchan (`nchan_subscriber longpoll eventsource websocket` in the same \
+             location) sends the raw payload in a text frame, so its frames are counted and \
+             their payloads checked, with no id. `B/message` is the frame payload as received. \
+             Heartbeats: a ping every {} s on all three (holdfast's `--sse-heartbeat`, nchan's \
+             `nchan_websocket_ping_interval`, off by default there).",
+            server::SSE_HEARTBEAT_SECS
+        ));
+    }
+    let ndjson = scenarios
+        .iter()
+        .any(|s| matches!(s, Scenario::NdjsonIdle | Scenario::NdjsonFanout));
+    if ndjson && kinds.contains(&Kind::Nchan) {
+        notes.push(
+            "ndjson scenarios: holdfast and holdfast-tokio only. nchan has no ndjson stream; \
+             its nearest, `nchan_subscriber http-raw-stream`, is not like for like: it writes \
+             each raw payload and a newline (no JSON object, so no id and no channel to check \
+             or resume from), sends no `Content-Type` and no chunked framing, has no \
+             heartbeat setting (an idle raw stream keeps no timer, holdfast's ndjson stream \
+             sends an empty line every 15 s), and in a location that also serves long-polls \
+             nchan gives it every plain GET, so it needs a URL of its own. Its rows would \
+             measure a different, lighter protocol."
+                .into(),
+        );
+    }
     let clustered = scenarios
         .iter()
         .any(|s| matches!(s, Scenario::ClusterFanout | Scenario::PublishCeiling))
@@ -514,10 +576,10 @@ fn run(args: &Args) -> Result<(), String> {
             );
             continue;
         }
-        for &k in &kinds {
+        for &k in kinds.iter().filter(|&&k| s.runs_on(k)) {
             eprintln!("holdfast-bench: {} {}", s.key(), k.name());
             match s {
-                Scenario::Idle | Scenario::SseIdle => {
+                Scenario::Idle | Scenario::SseIdle | Scenario::WsIdle | Scenario::NdjsonIdle => {
                     for (r, &n) in scenarios::idle_hold(&env, k, &params, s)
                         .into_iter()
                         .zip(scenarios::idle_sizes(&params, s))
@@ -525,11 +587,11 @@ fn run(args: &Args) -> Result<(), String> {
                         push(r.unwrap_or_else(|e| failed(s, k, n, &e)));
                     }
                 }
-                Scenario::Fanout | Scenario::SseFanout => {
-                    let n = match s {
-                        Scenario::SseFanout => params.sse_fanout_n,
-                        _ => params.fanout_n,
-                    };
+                Scenario::Fanout
+                | Scenario::SseFanout
+                | Scenario::WsFanout
+                | Scenario::NdjsonFanout => {
+                    let n = scenarios::fanout_size(&params, s);
                     push(
                         scenarios::fanout(&env, k, &params, s)
                             .unwrap_or_else(|e| failed(s, k, n, &e)),
@@ -606,6 +668,55 @@ mod tests {
             assert_eq!((s.key(), s.mode()), (key, mode));
         }
         assert_eq!(scenarios::idle_sizes(&p, Scenario::SseIdle), [200]);
+    }
+
+    #[test]
+    fn websocket_and_ndjson_scenarios_are_selectable_and_sized() {
+        let a = Args::try_parse_from([
+            "holdfast-bench",
+            "--smoke",
+            "--only",
+            "ws-idle,ws-fanout,ndjson-idle,ndjson-fanout",
+        ])
+        .unwrap();
+        assert_eq!(
+            a.only,
+            [
+                Scenario::WsIdle,
+                Scenario::WsFanout,
+                Scenario::NdjsonIdle,
+                Scenario::NdjsonFanout
+            ]
+        );
+        let p = a.params();
+        assert_eq!((p.ws_idle_n.as_slice(), p.ws_fanout_n), (&[200][..], 200));
+        assert_eq!(
+            (p.ndjson_idle_n.as_slice(), p.ndjson_fanout_n),
+            (&[200][..], 200)
+        );
+        let full = Args::try_parse_from([
+            "holdfast-bench",
+            "--ws-idle-n",
+            "5,6",
+            "--ndjson-fanout-n",
+            "9",
+        ])
+        .unwrap()
+        .params();
+        assert_eq!(full.ws_idle_n, [5, 6]);
+        assert_eq!(full.ws_fanout_n, 15000);
+        assert_eq!(full.ndjson_idle_n, [1000, 5000, 10000, 19000]);
+        assert_eq!(full.ndjson_fanout_n, 9);
+        for (s, key, mode) in [
+            (Scenario::WsIdle, "ws_idle_hold", "websocket"),
+            (Scenario::WsFanout, "ws_fanout", "websocket"),
+            (Scenario::NdjsonIdle, "ndjson_idle_hold", "ndjson"),
+            (Scenario::NdjsonFanout, "ndjson_fanout", "ndjson"),
+        ] {
+            assert_eq!((s.key(), s.mode()), (key, mode));
+        }
+        assert_eq!(scenarios::idle_sizes(&full, Scenario::WsIdle), [5, 6]);
+        assert_eq!(scenarios::fanout_size(&full, Scenario::NdjsonFanout), 9);
     }
 
     #[test]

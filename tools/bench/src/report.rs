@@ -50,8 +50,17 @@ pub fn write_all(dir: &Path, meta: &Meta, rows: &[Row]) -> io::Result<Vec<String
     for (scenario, file, what) in [
         ("idle_hold", "idle_memory.svg", "parked long-polls"),
         ("sse_idle_hold", "sse_idle_memory.svg", "open SSE streams"),
+        ("ws_idle_hold", "ws_idle_memory.svg", "open WebSockets"),
+        (
+            "ndjson_idle_hold",
+            "ndjson_idle_memory.svg",
+            "open ndjson streams",
+        ),
     ] {
-        if rows.iter().any(|r| r.scenario == scenario) {
+        if rows
+            .iter()
+            .any(|r| r.scenario == scenario && r.get("rss_delta_bytes").is_some())
+        {
             idle_plot(&dir.join(file), rows, scenario, what)
                 .map_err(|e| io::Error::other(format!("{file}: {e}")))?;
             plots.push(file);
@@ -60,6 +69,12 @@ pub fn write_all(dir: &Path, meta: &Meta, rows: &[Row]) -> io::Result<Vec<String
     for (scenario, file, what) in [
         ("fanout", "fanout_latency.svg", "long-poll subscribers"),
         ("sse_fanout", "sse_fanout_latency.svg", "SSE streams"),
+        ("ws_fanout", "ws_fanout_latency.svg", "WebSockets"),
+        (
+            "ndjson_fanout",
+            "ndjson_fanout_latency.svg",
+            "ndjson streams",
+        ),
     ] {
         if rows
             .iter()
@@ -518,8 +533,104 @@ pub fn markdown(meta: &Meta, rows: &[Row], plots: &[&str]) -> String {
             ],
         );
     }
+    let ws_idle = of(rows, "ws_idle_hold");
+    if !ws_idle.is_empty() {
+        let _ = writeln!(o, "## 10. WebSocket idle hold: memory per open WebSocket\n");
+        let _ = writeln!(
+            o,
+            "As scenario 6 with WebSockets (`GET /sub/CHANNEL` with `Upgrade: websocket`, each \
+             counted once its `101` arrived and its `Sec-WebSocket-Accept` checked) instead of \
+             SSE streams: server memory growth from just after start-up to N open, idle \
+             WebSockets, divided by the open subscribers the server reports \
+             (holdfast/holdfast-tokio `websockets`, nchan `subscribers`). Nothing is published; \
+             each server pings every {} s. A server that does not answer the upgrade with \
+             `101` (a peer not yet taught WebSocket) has a row saying what it did instead. \
+             {IDLE_METHOD}\n",
+            crate::server::SSE_HEARTBEAT_SECS
+        );
+        idle_table(&mut o, &ws_idle, plots, "ws_idle_memory.svg");
+    }
+
+    let ws_fan = of(rows, "ws_fanout");
+    if !ws_fan.is_empty() {
+        let _ = writeln!(
+            o,
+            "## 11. WebSocket fan-out: one publish to N WebSockets of one channel\n"
+        );
+        let _ = writeln!(
+            o,
+            "As scenario 7 with WebSockets: one message to N open WebSockets, each written as \
+             one text frame. What the frame holds differs: holdfast and holdfast-tokio send the \
+             JSON envelope (`{{\"id\":\"…\",\"channel\":\"…\",\"data\":\"…\"}}`), nchan the raw \
+             payload; `B/message` is the frame payload as received, so the bytes each server \
+             writes per delivery can be compared. {FANOUT_METHOD} Order: the stress tool checks \
+             every frame's payload sequence number, and the envelope's `id` (increasing \
+             integers) for holdfast and holdfast-tokio; nchan's frames carry no id (`–`).\n"
+        );
+        fanout_table(
+            &mut o,
+            &ws_fan,
+            &[
+                ("B/message", Cell::Num("bytes_per_message", 0)),
+                ("out of order", Cell::Num("out_of_order", 0)),
+                ("id errors", Cell::Num("event_id_errors", 0)),
+            ],
+            plots,
+            "ws_fanout_latency.svg",
+        );
+    }
+
+    let nd_idle = of(rows, "ndjson_idle_hold");
+    if !nd_idle.is_empty() {
+        let _ = writeln!(
+            o,
+            "## 12. ndjson idle hold: memory per open ndjson stream\n"
+        );
+        let _ = writeln!(
+            o,
+            "As scenario 6 with newline-delimited JSON streams (`GET /sub/CHANNEL?stream=ndjson`: \
+             a chunked `application/x-ndjson` body, each stream counted once its `200` head \
+             arrived), divided by the open streams the server reports (`ndjson_streams`). \
+             Nothing is published; each server writes an empty heartbeat line every {} s. \
+             {NO_NCHAN_NDJSON} {IDLE_METHOD}\n",
+            crate::server::SSE_HEARTBEAT_SECS
+        );
+        idle_table(&mut o, &nd_idle, plots, "ndjson_idle_memory.svg");
+    }
+
+    let nd_fan = of(rows, "ndjson_fanout");
+    if !nd_fan.is_empty() {
+        let _ = writeln!(
+            o,
+            "## 13. ndjson fan-out: one publish to N ndjson streams of one channel\n"
+        );
+        let _ = writeln!(
+            o,
+            "As scenario 7 with ndjson streams: one message to N open streams, each written as \
+             one chunk holding one JSON line. `B/message` is the line as received (without its \
+             newline). {FANOUT_METHOD} Order: the stress tool checks every line's payload \
+             sequence number and its `id` (increasing integers). {NO_NCHAN_NDJSON}\n"
+        );
+        fanout_table(
+            &mut o,
+            &nd_fan,
+            &[
+                ("B/message", Cell::Num("bytes_per_message", 0)),
+                ("out of order", Cell::Num("out_of_order", 0)),
+                ("id errors", Cell::Num("event_id_errors", 0)),
+            ],
+            plots,
+            "ndjson_fanout_latency.svg",
+        );
+    }
     o
 }
+
+/// Why the ndjson sections have no nchan row.
+const NO_NCHAN_NDJSON: &str = "nchan is not in this table: it has no ndjson stream, and \
+     its nearest, `nchan_subscriber http-raw-stream`, is a different protocol (each raw \
+     payload and a newline: no JSON object, no id or channel, no `Content-Type`, no chunked \
+     framing, no heartbeat), so its figures would not compare like for like.";
 
 /// How scenarios 1 and 6 measure memory (after the sentence saying what N counts).
 const IDLE_METHOD: &str = "RSS and Private (Private_Clean + Private_Dirty) from \
@@ -538,7 +649,7 @@ const FANOUT_METHOD: &str = "Server CPU from just before the publish reached the
      message received, measured by the stress tool. Wall time to the last receipt = max \
      latency.";
 
-/// The table of scenarios 1 and 6, and its plot if one was drawn.
+/// The table of scenarios 1, 6, 10 and 12, and its plot if one was drawn.
 fn idle_table(o: &mut String, rows: &[&Row], plots: &[&str], plot: &str) {
     let columns = [
         &[
@@ -560,7 +671,8 @@ fn idle_table(o: &mut String, rows: &[&Row], plots: &[&str], plot: &str) {
     }
 }
 
-/// The table of scenarios 2 and 7 (`extra` columns go before the notes), and its plot.
+/// The table of scenarios 2, 7, 11 and 13 (`extra` columns go after `lost`), and its
+/// plot.
 fn fanout_table(o: &mut String, rows: &[&Row], extra: &[(&str, Cell)], plots: &[&str], plot: &str) {
     let columns = [
         &[
@@ -614,7 +726,9 @@ type PlotResult = Result<(), Box<dyn std::error::Error>>;
 /// Two panels: total RSS growth vs N (linear), and bytes per connection vs N (log y),
 /// RSS solid and Private dashed-looking (hollow points). `what`: what N counts.
 fn idle_plot(path: &Path, rows: &[Row], scenario: &str, what: &str) -> PlotResult {
-    let idle = of(rows, scenario);
+    // Rows without figures (a server that could not run the scenario) get no line.
+    let mut idle = of(rows, scenario);
+    idle.retain(|r| r.get("rss_delta_bytes").is_some());
     let mut by_server: BTreeMap<&str, Vec<&Row>> = BTreeMap::new();
     for r in &idle {
         by_server.entry(r.server.as_str()).or_default().push(r);
@@ -731,7 +845,8 @@ fn idle_plot(path: &Path, rows: &[Row], scenario: &str, what: &str) -> PlotResul
 /// Fan-out latency percentiles per server (p50, p99, p99.9, max) as lines over the
 /// percentile axis. `what`: what the subscribers are.
 fn fanout_plot(path: &Path, rows: &[Row], scenario: &str, what: &str) -> PlotResult {
-    let fan = of(rows, scenario);
+    let mut fan = of(rows, scenario);
+    fan.retain(|r| r.get("latency_p50_us").is_some());
     let keys = [
         "latency_p50_us",
         "latency_p99_us",
@@ -828,6 +943,161 @@ mod tests {
         }
     }
 
+    fn test_meta() -> Meta {
+        Meta {
+            date_utc: "2024-01-01".into(),
+            command: "holdfast-bench".into(),
+            smoke: true,
+            machine: crate::measure::machine(),
+            versions: BTreeMap::new(),
+            params: Params {
+                threads: 1,
+                rate: 1,
+                idle_n: vec![200],
+                fanout_n: 200,
+                cycle_m: 1,
+                cycle_k: 1,
+                cycle_interval_ms: 1,
+                idle_cpu_n: 1,
+                idle_cpu_secs: 1,
+                scale_n: 1,
+                scale_procs: 1,
+                sse_idle_n: vec![200],
+                sse_fanout_n: 200,
+                ws_idle_n: vec![200],
+                ws_fanout_n: 200,
+                ndjson_idle_n: vec![200],
+                ndjson_fanout_n: 200,
+                cluster_n: vec![200],
+                cluster_nodes: 3,
+                ceiling_publishers: vec![4],
+                ceiling_ms: 300,
+                ceiling_warmup_ms: 100,
+                settle_ms: 1,
+            },
+            loadavg_start: String::new(),
+            loadavg_end: String::new(),
+            notes: Vec::new(),
+        }
+    }
+
+    /// The markdown section that starts with `head`, up to the next one.
+    fn section(md: &str, head: &str) -> String {
+        let start = md
+            .find(head)
+            .unwrap_or_else(|| panic!("no {head:?} in\n{md}"));
+        let rest = &md[start..];
+        rest[..rest[3..].find("\n## ").map_or(rest.len(), |i| i + 3)].to_string()
+    }
+
+    #[test]
+    fn websocket_and_ndjson_rows_get_their_sections_and_a_refusal_reads_as_a_row() {
+        let mut refused = row("ws_fanout", "holdfast-tokio", &[]);
+        refused.notes.push(
+            "not run: holdfast-tokio does not speak WebSocket: no answer to the upgrade within \
+             2 s and its /stats shows parked=1: it took the request for a long-poll"
+                .into(),
+        );
+        let rows = [
+            row(
+                "ws_fanout",
+                "holdfast",
+                &[
+                    ("received", 200.0),
+                    ("bytes_per_message", 81.0),
+                    ("out_of_order", 0.0),
+                    ("event_id_errors", 0.0),
+                    ("latency_p50_us", 1200.0),
+                ],
+            ),
+            row(
+                "ws_fanout",
+                "nchan",
+                &[
+                    ("received", 200.0),
+                    ("bytes_per_message", 22.0),
+                    ("out_of_order", 0.0),
+                    ("latency_p50_us", 900.0),
+                ],
+            ),
+            refused,
+            row("ws_idle_hold", "holdfast", &[("rss_per_conn_bytes", 60.0)]),
+            row(
+                "ndjson_idle_hold",
+                "holdfast",
+                &[("rss_per_conn_bytes", 58.0)],
+            ),
+            row(
+                "ndjson_fanout",
+                "holdfast",
+                &[("received", 200.0), ("bytes_per_message", 78.0)],
+            ),
+        ];
+        let md = markdown(&test_meta(), &rows, &["ws_fanout_latency.svg"]);
+        let ws = section(&md, "## 11. WebSocket fan-out");
+        assert!(
+            ws.contains("| lost | B/message | out of order | id errors |"),
+            "{ws}"
+        );
+        assert!(
+            ws.contains("| holdfast | 200 | – | 200 | – | 81 | 0 | 0 |"),
+            "{ws}"
+        );
+        assert!(
+            ws.contains("| nchan | 200 | – | 200 | – | 22 | 0 | – |"),
+            "{ws}"
+        );
+        assert!(
+            ws.contains("| holdfast-tokio | 200 | – | – | – | – |")
+                && ws.contains("it took the request for a long-poll |"),
+            "{ws}"
+        );
+        assert!(ws.contains("(ws_fanout_latency.svg)"), "{ws}");
+        assert!(section(&md, "## 10. WebSocket idle hold").contains("| holdfast | 200 |"));
+        for head in ["## 12. ndjson idle hold", "## 13. ndjson fan-out"] {
+            let nd = section(&md, head);
+            assert!(nd.contains("nchan is not in this table"), "{nd}");
+            assert!(!nd.contains("| nchan |"), "{nd}");
+        }
+        assert!(section(&md, "## 13. ndjson fan-out").contains("| 78 |"));
+        // The WebSocket rows stay out of the SSE sections.
+        assert!(!md.contains("## 7. SSE fan-out"));
+    }
+
+    #[test]
+    fn plots_leave_out_rows_without_figures() {
+        let dir = std::env::temp_dir().join(format!("holdfast-bench-plot-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let mut refused = row("ws_idle_hold", "holdfast-tokio", &[]);
+        refused.notes.push("not run: …".into());
+        let rows = vec![
+            row(
+                "ws_idle_hold",
+                "holdfast",
+                &[
+                    ("held", 200.0),
+                    ("rss_delta_bytes", 12_000.0),
+                    ("rss_per_conn_bytes", 60.0),
+                    ("private_per_conn_bytes", 58.0),
+                ],
+            ),
+            refused,
+            row("ndjson_idle_hold", "holdfast-tokio", &[]),
+        ];
+        let written = write_all(&dir, &test_meta(), &rows).unwrap();
+        assert!(
+            written.iter().any(|f| f == "ws_idle_memory.svg"),
+            "{written:?}"
+        );
+        assert!(
+            !written.iter().any(|f| f == "ndjson_idle_memory.svg"),
+            "no figures, no plot: {written:?}"
+        );
+        let svg = fs::read_to_string(dir.join("ws_idle_memory.svg")).unwrap();
+        assert!(svg.contains("holdfast") && !svg.contains("holdfast-tokio"));
+        let _ = fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn sse_rows_get_their_own_sections_with_the_order_columns() {
         let rows = [
@@ -868,37 +1138,7 @@ mod tests {
                 ],
             ),
         ];
-        let meta = Meta {
-            date_utc: "2024-01-01".into(),
-            command: "holdfast-bench".into(),
-            smoke: true,
-            machine: crate::measure::machine(),
-            versions: BTreeMap::new(),
-            params: Params {
-                threads: 1,
-                rate: 1,
-                idle_n: vec![200],
-                fanout_n: 200,
-                cycle_m: 1,
-                cycle_k: 1,
-                cycle_interval_ms: 1,
-                idle_cpu_n: 1,
-                idle_cpu_secs: 1,
-                scale_n: 1,
-                scale_procs: 1,
-                sse_idle_n: vec![200],
-                sse_fanout_n: 200,
-                cluster_n: vec![200],
-                cluster_nodes: 3,
-                ceiling_publishers: vec![4],
-                ceiling_ms: 300,
-                ceiling_warmup_ms: 100,
-                settle_ms: 1,
-            },
-            loadavg_start: String::new(),
-            loadavg_end: String::new(),
-            notes: Vec::new(),
-        };
+        let meta = test_meta();
         let md = markdown(&meta, &rows, &["sse_fanout_latency.svg"]);
         let section = |head: &str| {
             let start = md

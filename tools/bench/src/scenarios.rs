@@ -1,4 +1,4 @@
-//! The seven single-server scenarios (the two cluster ones are in `cluster.rs`, on the
+//! The single-server scenarios (the two cluster ones are in `cluster.rs`, on the
 //! helpers here). Each starts a fresh server (so one run's leftovers never count
 //! in the next), starts the stress tool, waits on the server's own counters until the
 //! connections are held, measures from `/proc`, and collects the stress tool's summary.
@@ -7,6 +7,7 @@
 //! drops, on success and on error alike.
 
 use crate::measure::{self, Cpu};
+use crate::probe::{self, Transport};
 use crate::procs::Proc;
 use crate::server::{Kind, Nchan, Server};
 use crate::stress::{self, Summary};
@@ -41,6 +42,14 @@ pub enum Scenario {
     /// Publishes per second C keep-alive publishers get through one node or K nodes
     /// on one Redis (and a standalone node).
     PublishCeiling,
+    /// Memory per open, idle WebSocket at several N (scenario 6 with WebSockets).
+    WsIdle,
+    /// One publish to N WebSockets on one channel (scenario 7 with WebSockets).
+    WsFanout,
+    /// Memory per open, idle ndjson stream at several N (holdfast and holdfast-tokio).
+    NdjsonIdle,
+    /// One publish to N ndjson streams on one channel (holdfast and holdfast-tokio).
+    NdjsonFanout,
 }
 
 impl Scenario {
@@ -55,6 +64,10 @@ impl Scenario {
             Scenario::SseFanout => "sse_fanout",
             Scenario::ClusterFanout => "cluster_fanout",
             Scenario::PublishCeiling => "publish_ceiling",
+            Scenario::WsIdle => "ws_idle_hold",
+            Scenario::WsFanout => "ws_fanout",
+            Scenario::NdjsonIdle => "ndjson_idle_hold",
+            Scenario::NdjsonFanout => "ndjson_fanout",
         }
     }
 
@@ -62,8 +75,19 @@ impl Scenario {
     pub fn mode(self) -> &'static str {
         match self {
             Scenario::SseIdle | Scenario::SseFanout => "sse",
+            Scenario::WsIdle | Scenario::WsFanout => "websocket",
+            Scenario::NdjsonIdle | Scenario::NdjsonFanout => "ndjson",
             _ => "longpoll",
         }
+    }
+
+    /// Whether `kind` takes part. nchan has no ndjson stream: its nearest,
+    /// `http-raw-stream`, writes the raw payload and a newline (no JSON object, no id,
+    /// no channel), unchunked, with no heartbeat, and in one location it would take
+    /// every plain GET from the long-poll subscriber; that is not like for like, so the
+    /// ndjson scenarios leave it out (the report says so).
+    pub fn runs_on(self, kind: Kind) -> bool {
+        !(kind == Kind::Nchan && matches!(self, Scenario::NdjsonIdle | Scenario::NdjsonFanout))
     }
 }
 
@@ -83,6 +107,10 @@ pub struct Params {
     pub scale_procs: u32,
     pub sse_idle_n: Vec<u64>,
     pub sse_fanout_n: u64,
+    pub ws_idle_n: Vec<u64>,
+    pub ws_fanout_n: u64,
+    pub ndjson_idle_n: Vec<u64>,
+    pub ndjson_fanout_n: u64,
     /// Cluster fan-out subscribers, one measurement per value.
     pub cluster_n: Vec<u64>,
     /// K, the nodes of the several-node cluster setups.
@@ -161,7 +189,10 @@ impl Row {
                     "out_of_order",
                     s.error_count(holdfast_stress::errors::OUT_OF_ORDER) as f64,
                 );
-                if s.mode == "sse" {
+                // Ids: SSE's `id:` lines (both dialects) and the JSON envelope's `id`
+                // (holdfast's WebSocket and ndjson). nchan's WebSocket frames hold the
+                // raw payload, with no id to check.
+                if s.mode == "sse" || (s.mode != "longpoll" && s.protocol == "holdfast") {
                     self.set(
                         "event_id_errors",
                         (s.error_count(holdfast_stress::errors::EVENT_ID_ORDER)
@@ -180,6 +211,12 @@ impl Row {
             } else if s.received > 0 {
                 self.notes
                     .push("the stress tool reported no latency histogram".into());
+            }
+            if s.message_bytes > 0 {
+                self.set(
+                    "bytes_per_message",
+                    div(s.message_bytes as f64, s.received as f64),
+                );
             }
             self.set("ramp_secs", s.ramp_secs);
             let errs = stress::errors_text(s);
@@ -362,8 +399,9 @@ fn memory_metrics(row: &mut Row, before: &Snap, after: &Snap, held: f64) {
     }
 }
 
-/// Scenarios 1 and 6: memory per parked long-poll (`Idle`) or per open SSE stream
-/// (`SseIdle`) for each N of that scenario; one result per N, in order.
+/// Scenarios 1, 6, 10 and 12: memory per parked long-poll (`Idle`), per open SSE stream
+/// (`SseIdle`), WebSocket (`WsIdle`) or ndjson stream (`NdjsonIdle`) for each N of that
+/// scenario; one result per N, in order.
 pub fn idle_hold(env: &Env, kind: Kind, p: &Params, s: Scenario) -> Vec<io::Result<Row>> {
     idle_sizes(p, s)
         .iter()
@@ -371,11 +409,38 @@ pub fn idle_hold(env: &Env, kind: Kind, p: &Params, s: Scenario) -> Vec<io::Resu
         .collect()
 }
 
-/// The N values scenario `s` (1 or 6) runs at.
+/// The N values idle scenario `s` (1, 6, 10 or 12) runs at.
 pub fn idle_sizes(p: &Params, s: Scenario) -> &[u64] {
     match s {
         Scenario::SseIdle => &p.sse_idle_n,
+        Scenario::WsIdle => &p.ws_idle_n,
+        Scenario::NdjsonIdle => &p.ndjson_idle_n,
         _ => &p.idle_n,
+    }
+}
+
+/// How long a server gets to answer the transport probe's request with its head.
+const PROBE_WAIT: Duration = Duration::from_secs(2);
+
+/// For the WebSocket and ndjson scenarios: checks with one request that `server`
+/// speaks the transport before any load is started. A server that does not (a peer
+/// still being taught it answers with a long-poll, or parks the request as one) gets a
+/// row that says so instead of figures: `failed:` for holdfast, which implements both
+/// transports, so the run's exit status shows it; `not run:` for the others, which
+/// leaves the exit status alone. True when the scenario can go on.
+fn transport_ready(server: &Server, s: Scenario, row: &mut Row) -> bool {
+    let Some(t) = Transport::of(s) else {
+        return true;
+    };
+    match probe::probe(server, t, PROBE_WAIT) {
+        Ok(()) => true,
+        Err(why) => {
+            row.notes.push(match server.kind {
+                Kind::Holdfast => format!("failed: {why}"),
+                _ => format!("not run: {why}"),
+            });
+            false
+        }
     }
 }
 
@@ -411,10 +476,15 @@ fn held_memory(
 fn idle_hold_one(env: &Env, kind: Kind, p: &Params, n: u64, s: Scenario) -> io::Result<Row> {
     let (tag, channel) = match s {
         Scenario::SseIdle => (format!("sse-idle-{n}"), "sseidle"),
+        Scenario::WsIdle => (format!("ws-idle-{n}"), "wsidle"),
+        Scenario::NdjsonIdle => (format!("ndjson-idle-{n}"), "ndjsonidle"),
         _ => (format!("idle-{n}"), "idle"),
     };
     let server = env.start(kind, p.threads, &tag)?;
     let mut row = Row::new(s, kind.name(), n);
+    if !transport_ready(&server, s, &mut row) {
+        return Ok(row);
+    }
     let mut run = env.stress_run(&[&server], n, channel, p);
     run.mode = s.mode();
     run.hold = Duration::from_millis(p.settle_ms + 1500);
@@ -566,15 +636,32 @@ pub(crate) fn publish_window(
     }))
 }
 
-/// Scenarios 2 and 7: one publish to N long-poll subscribers (`Fanout`) or N SSE
-/// streams (`SseFanout`) of one channel.
+/// The N of fan-out scenario `s` (2, 7, 11 or 13).
+pub fn fanout_size(p: &Params, s: Scenario) -> u64 {
+    match s {
+        Scenario::SseFanout => p.sse_fanout_n,
+        Scenario::WsFanout => p.ws_fanout_n,
+        Scenario::NdjsonFanout => p.ndjson_fanout_n,
+        _ => p.fanout_n,
+    }
+}
+
+/// Scenarios 2, 7, 11 and 13: one publish to N long-poll subscribers (`Fanout`), SSE
+/// streams (`SseFanout`), WebSockets (`WsFanout`) or ndjson streams (`NdjsonFanout`)
+/// of one channel.
 pub fn fanout(env: &Env, kind: Kind, p: &Params, s: Scenario) -> io::Result<Row> {
-    let (n, tag, channel) = match s {
-        Scenario::SseFanout => (p.sse_fanout_n, "sse-fanout", "ssefanout"),
-        _ => (p.fanout_n, "fanout", "fanout"),
+    let n = fanout_size(p, s);
+    let (tag, channel) = match s {
+        Scenario::SseFanout => ("sse-fanout", "ssefanout"),
+        Scenario::WsFanout => ("ws-fanout", "wsfanout"),
+        Scenario::NdjsonFanout => ("ndjson-fanout", "ndjsonfanout"),
+        _ => ("fanout", "fanout"),
     };
     let server = env.start(kind, p.threads, tag)?;
     let mut row = Row::new(s, kind.name(), n);
+    if !transport_ready(&server, s, &mut row) {
+        return Ok(row);
+    }
     let mut run = env.stress_run(&[&server], n, channel, p);
     run.mode = s.mode();
     run.hold = Duration::from_millis(p.settle_ms + 1000);
@@ -855,10 +942,13 @@ mod tests {
 
     #[test]
     fn order_errors_of_a_publishing_run_become_metrics() {
-        let summary = |mode: &str, publish: u32| {
+        let summary = |mode: &str, protocol: &str, publish: u32| {
             let mut s = Summary {
                 mode: mode.into(),
+                protocol: protocol.into(),
                 publish,
+                received: 4,
+                message_bytes: 320,
                 ..Summary::default()
             };
             for (k, v) in [
@@ -873,17 +963,28 @@ mod tests {
                 note: None,
             }
         };
-        let cases: &[(&str, u32, Option<f64>, Option<f64>)] = &[
-            ("sse", 1, Some(1.0), Some(5.0)),
-            ("longpoll", 1, Some(1.0), None),
+        type Case = (&'static str, &'static str, u32, Option<f64>, Option<f64>);
+        let cases: &[Case] = &[
+            ("sse", "holdfast", 1, Some(1.0), Some(5.0)),
+            ("sse", "nchan", 1, Some(1.0), Some(5.0)),
+            ("websocket", "holdfast", 1, Some(1.0), Some(5.0)),
+            ("ndjson", "holdfast", 1, Some(1.0), Some(5.0)),
+            // nchan's WebSocket frames carry no id: nothing to count.
+            ("websocket", "nchan", 1, Some(1.0), None),
+            ("longpoll", "holdfast", 1, Some(1.0), None),
             // Nothing published: nothing could arrive out of order, so no metric.
-            ("sse", 0, None, None),
+            ("sse", "holdfast", 0, None, None),
         ];
-        for &(mode, publish, ooo, ids) in cases {
+        for &(mode, protocol, publish, ooo, ids) in cases {
             let mut row = Row::new(Scenario::SseFanout, "x", 1);
-            row.take_summary(&summary(mode, publish));
-            assert_eq!(row.get("out_of_order"), ooo, "{mode} {publish}");
-            assert_eq!(row.get("event_id_errors"), ids, "{mode} {publish}");
+            row.take_summary(&summary(mode, protocol, publish));
+            assert_eq!(row.get("out_of_order"), ooo, "{mode} {protocol} {publish}");
+            assert_eq!(
+                row.get("event_id_errors"),
+                ids,
+                "{mode} {protocol} {publish}"
+            );
+            assert_eq!(row.get("bytes_per_message"), Some(80.0));
         }
     }
 
@@ -908,6 +1009,27 @@ mod tests {
         run.mode = Scenario::Fanout.mode();
         let args = run.args(Path::new("/tmp/x.json")).join(" ");
         assert!(args.contains("--mode longpoll"), "{args}");
+        for (s, mode) in [
+            (Scenario::WsIdle, "websocket"),
+            (Scenario::WsFanout, "websocket"),
+            (Scenario::NdjsonIdle, "ndjson"),
+            (Scenario::NdjsonFanout, "ndjson"),
+        ] {
+            run.mode = s.mode();
+            let args = run.args(Path::new("/tmp/x.json")).join(" ");
+            assert!(args.contains(&format!("--mode {mode} ")), "{args}");
+        }
+    }
+
+    #[test]
+    fn nchan_sits_out_the_ndjson_scenarios_only() {
+        for s in [Scenario::NdjsonIdle, Scenario::NdjsonFanout] {
+            assert!(!s.runs_on(Kind::Nchan));
+            assert!(s.runs_on(Kind::Holdfast) && s.runs_on(Kind::Tokio));
+        }
+        for s in [Scenario::WsIdle, Scenario::WsFanout, Scenario::SseFanout] {
+            assert!(s.runs_on(Kind::Nchan));
+        }
     }
 
     #[test]

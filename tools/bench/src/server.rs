@@ -30,7 +30,9 @@ pub const MESSAGE_TTL_SECS: u64 = 3600;
 /// Comment line interval on idle SSE streams: holdfast's default `--sse-heartbeat`,
 /// passed explicitly to both holdfast servers and mirrored in nchan's
 /// `nchan_eventsource_ping_interval` (off by default in nchan), so that all three keep
-/// the same per-stream timer.
+/// the same per-stream timer. The same interval paces holdfast's WebSocket pings and
+/// ndjson heartbeat lines, and nchan's `nchan_websocket_ping_interval` (also off by
+/// default).
 pub const SSE_HEARTBEAT_SECS: u64 = 15;
 
 #[derive(
@@ -95,7 +97,7 @@ pub struct Server {
 /// Counters the harness waits on.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Status {
-    /// Parked long-polls plus open SSE streams.
+    /// Parked long-polls plus open streams (SSE, ndjson, WebSocket).
     pub subscribers: u64,
     pub published: u64,
 }
@@ -250,7 +252,10 @@ impl Server {
                 })?;
                 let n = |k: &str| v.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
                 Ok(Status {
-                    subscribers: n("parked") + n("sse_streams"),
+                    subscribers: n("parked")
+                        + n("sse_streams")
+                        + n("ndjson_streams")
+                        + n("websockets"),
                     published: n("published"),
                 })
             }
@@ -350,14 +355,16 @@ pub fn nchan_conf(
     let _ = writeln!(c, "  server {{");
     let _ = writeln!(c, "    listen {public};");
     // Long-poll by default; `Accept: text/event-stream` selects the eventsource
-    // subscriber, as with holdfast (one URL, the mode chosen by the request). The ping
-    // is nchan's SSE heartbeat, off by default: here a `:hb` comment (no `event:` line)
-    // every SSE_HEARTBEAT_SECS, like holdfast's `: hb`.
+    // subscriber and `Upgrade: websocket` the websocket one, as with holdfast (one URL,
+    // the mode chosen by the request). The pings are nchan's heartbeats, off by default:
+    // on SSE a `:hb` comment (no `event:` line) every SSE_HEARTBEAT_SECS, like holdfast's
+    // `: hb`; on a WebSocket a ping frame at the same interval, like holdfast's.
     let _ = writeln!(
         c,
-        "    location ~ /sub/(\\w+)$ {{ nchan_subscriber longpoll eventsource; nchan_channel_id $1; \
+        "    location ~ /sub/(\\w+)$ {{ nchan_subscriber longpoll eventsource websocket; \
+         nchan_channel_id $1; \
          nchan_eventsource_ping_interval {SSE_HEARTBEAT_SECS}; nchan_eventsource_ping_comment hb; \
-         nchan_eventsource_ping_event \"\"; }}"
+         nchan_eventsource_ping_event \"\"; nchan_websocket_ping_interval {SSE_HEARTBEAT_SECS}; }}"
     );
     let _ = writeln!(c, "  }}");
     let _ = writeln!(c, "  server {{");
@@ -530,7 +537,7 @@ mod tests {
             "nchan_message_timeout 3600s;",
             "nchan_subscriber_timeout 300s;",
             "listen 127.0.0.1:4000;",
-            r#"location ~ /sub/(\w+)$ { nchan_subscriber longpoll eventsource; nchan_channel_id $1; nchan_eventsource_ping_interval 15; nchan_eventsource_ping_comment hb; nchan_eventsource_ping_event ""; }"#,
+            r#"location ~ /sub/(\w+)$ { nchan_subscriber longpoll eventsource websocket; nchan_channel_id $1; nchan_eventsource_ping_interval 15; nchan_eventsource_ping_comment hb; nchan_eventsource_ping_event ""; nchan_websocket_ping_interval 15; }"#,
             "listen 127.0.0.1:4001;",
             r"location ~ /pub/(\w+)$ { nchan_publisher; nchan_channel_id $1; }",
             "location = /nchan_status { nchan_stub_status; }",

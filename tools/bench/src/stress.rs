@@ -19,7 +19,7 @@ pub struct Run {
     pub targets: Vec<SocketAddr>,
     pub admins: Vec<SocketAddr>,
     pub connections: u64,
-    /// `longpoll` or `sse` (the stress tool's `--mode`).
+    /// `longpoll`, `sse`, `websocket` or `ndjson` (the stress tool's `--mode`).
     pub mode: &'static str,
     pub protocol: &'static str,
     pub channel: String,

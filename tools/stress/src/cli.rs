@@ -22,7 +22,8 @@ const POLL_MARGIN_SECS: u64 = 30;
 #[command(
     name = "holdfast-stress",
     version,
-    about = "Opens and holds many long-poll or SSE subscriptions against holdfast (or nchan), \
+    about = "Opens and holds many long-poll, SSE, WebSocket or ndjson subscriptions against \
+             holdfast (or nchan), \
              optionally publishes, and reports connections held, deliveries lost and latency."
 )]
 pub struct Args {
@@ -93,6 +94,11 @@ pub struct Args {
 pub enum Mode {
     Longpoll,
     Sse,
+    /// RFC 6455 upgrade; the server's text frames carry the JSON envelope (holdfast) or
+    /// the raw payload (nchan).
+    Websocket,
+    /// `?stream=ndjson`: a chunked body of JSON-envelope lines (holdfast only).
+    Ndjson,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
@@ -107,6 +113,19 @@ impl Mode {
         match self {
             Mode::Longpoll => "longpoll",
             Mode::Sse => "sse",
+            Mode::Websocket => "websocket",
+            Mode::Ndjson => "ndjson",
+        }
+    }
+
+    /// The `/stats` gauge that counts this kind of subscription on a holdfast server
+    /// (`docs/protocol.md`, Health and counters): the ready step waits on it.
+    pub fn gauge(self) -> &'static str {
+        match self {
+            Mode::Longpoll => "parked",
+            Mode::Sse => "sse_streams",
+            Mode::Websocket => "websockets",
+            Mode::Ndjson => "ndjson_streams",
         }
     }
 }
@@ -219,6 +238,13 @@ pub fn plan(args: Args) -> Result<Plan, String> {
         return Err(format!(
             "{t} is not an IPv4 address; source addresses are IPv4, so targets must be too"
         ));
+    }
+    if args.mode == Mode::Ndjson && args.protocol == Protocol::Nchan {
+        return Err(
+            "nchan has no ndjson stream (its http-raw-stream is not JSON lines); \
+                    use --mode websocket, sse or longpoll with --protocol nchan"
+                .into(),
+        );
     }
     if args.max_time.is_zero() {
         return Err("--max-time must be more than 0".into());
@@ -355,6 +381,17 @@ mod tests {
                 &["--connections", "5", "--admin", "[::1]:3,[::1]:4"],
                 "IPv4",
             ),
+            (
+                &[
+                    "--connections",
+                    "5",
+                    "--mode",
+                    "ndjson",
+                    "--protocol",
+                    "nchan",
+                ],
+                "no ndjson",
+            ),
         ];
         for (flags, want) in cases {
             let err = plan(args(flags)).unwrap_err();
@@ -398,6 +435,30 @@ mod tests {
             ]);
             assert!(r.is_err(), "{flag} {value} accepted");
         }
+    }
+
+    #[test]
+    fn every_mode_parses_and_names_its_gauge() {
+        for (flag, mode, gauge) in [
+            ("longpoll", Mode::Longpoll, "parked"),
+            ("sse", Mode::Sse, "sse_streams"),
+            ("websocket", Mode::Websocket, "websockets"),
+            ("ndjson", Mode::Ndjson, "ndjson_streams"),
+        ] {
+            let p = plan(args(&["--connections", "3", "--mode", flag])).unwrap();
+            assert_eq!(p.args.mode, mode);
+            assert_eq!((mode.name(), mode.gauge()), (flag, gauge));
+            assert!(p.workers.iter().all(|w| w.mode == mode));
+        }
+        let p = plan(args(&[
+            "--connections",
+            "3",
+            "--mode",
+            "websocket",
+            "--protocol",
+            "nchan",
+        ]));
+        assert!(p.is_ok(), "nchan has WebSocket subscribers");
     }
 
     #[test]

@@ -39,8 +39,18 @@ pub const EVENT_ID_ORDER: &str = "event_id_order";
 pub const BAD_EVENT_ID: &str = "bad_event_id";
 /// The server said it dropped messages (`Messages-Lost: true`, SSE `event: lost`).
 pub const MESSAGES_LOST: &str = "messages_lost";
-/// SSE `event: deleted`.
+/// SSE `event: deleted`, or the JSON envelope's `{"event":"deleted"}` (WebSocket, ndjson).
 pub const CHANNEL_DELETED: &str = "channel_deleted";
+/// WebSocket, ndjson: `{"event":"expired"}`, the subscriber token ran out.
+pub const STREAM_EXPIRED: &str = "stream_expired";
+/// WebSocket, ndjson: `{"event":"shutdown"}`, the server is shutting down.
+pub const SERVER_SHUTDOWN: &str = "server_shutdown";
+/// WebSocket, ndjson: a frame or line that is not the JSON envelope of
+/// `docs/protocol.md` (not JSON, not an object, or neither a message nor a known signal).
+pub const BAD_ENVELOPE: &str = "bad_envelope";
+/// WebSocket: a `101` without `Upgrade: websocket`, or whose `Sec-WebSocket-Accept` is
+/// not the one the key asks for.
+pub const BAD_HANDSHAKE: &str = "bad_handshake";
 /// Any other socket error (the first one's text goes to stderr).
 pub const IO_OTHER: &str = "io_other";
 /// A worker process that could not start, crashed, or never reported its result.
@@ -80,6 +90,15 @@ pub fn status(code: u16) -> String {
     format!("status_{code}")
 }
 
+/// `ws_close_1000`: the server sent a WebSocket close frame with this code
+/// (`ws_close` when it had none). The subscription ends there.
+pub fn ws_close(code: Option<u16>) -> String {
+    match code {
+        Some(c) => format!("ws_close_{c}"),
+        None => "ws_close".to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,5 +122,7 @@ mod tests {
             assert_eq!(classify(&e, connecting), want, "errno {errno}");
         }
         assert_eq!(status(503), "status_503");
+        assert_eq!(ws_close(Some(1001)), "ws_close_1001");
+        assert_eq!(ws_close(None), "ws_close");
     }
 }

@@ -1,9 +1,14 @@
 //! The little HTTP/1.1 a subscriber needs: rendering subscribe requests, parsing
-//! response heads (httparse), splitting an SSE stream into events, and reading the
-//! `t=<unix micros>;n=<seq>` payloads the parent publishes. Pure functions over bytes,
-//! so the table tests below cover them without sockets.
+//! response heads (httparse), splitting an SSE stream into events, reading a
+//! WebSocket's server frames and an ndjson body's lines, parsing the JSON envelope
+//! both carry, and reading the `t=<unix micros>;n=<seq>` payloads the parent
+//! publishes. Pure functions over bytes, so the table tests below cover them without
+//! sockets.
 
 use std::fmt::Write as _;
+
+use base64::Engine as _;
+use sha1::{Digest, Sha1};
 
 use crate::cli::{Mode, Protocol};
 
@@ -21,35 +26,57 @@ pub struct Cursor {
     pub etag: Option<String>,
 }
 
+/// What one subscribe request says.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    pub mode: Mode,
+    pub protocol: Protocol,
+    pub host: &'a str,
+    pub channel: &'a str,
+    /// `timeout=` of a long-poll, seconds.
+    pub poll_timeout_secs: u64,
+    /// Where a long-poll resumes.
+    pub cursor: &'a Cursor,
+    /// WebSocket: the `Sec-WebSocket-Key`, base64 of 16 random bytes ([`ws_key`]).
+    pub ws_key: &'a str,
+}
+
 /// Renders a subscribe request into `out` (cleared first).
-pub fn subscribe_request(
-    out: &mut Vec<u8>,
-    mode: Mode,
-    protocol: Protocol,
-    host: &str,
-    channel: &str,
-    poll_timeout_secs: u64,
-    cursor: &Cursor,
-) {
-    let mut s = String::with_capacity(160);
-    match mode {
+pub fn subscribe_request(out: &mut Vec<u8>, r: &Request<'_>) {
+    let (channel, host) = (r.channel, r.host);
+    let mut s = String::with_capacity(192);
+    match r.mode {
         Mode::Sse => {
             let _ = write!(
                 s,
                 "GET /sub/{channel} HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n"
             );
         }
+        Mode::Ndjson => {
+            let _ = write!(
+                s,
+                "GET /sub/{channel}?stream=ndjson HTTP/1.1\r\nHost: {host}\r\n"
+            );
+        }
+        Mode::Websocket => {
+            let _ = write!(
+                s,
+                "GET /sub/{channel} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n\
+                 Connection: Upgrade\r\nSec-WebSocket-Key: {}\r\nSec-WebSocket-Version: 13\r\n",
+                r.ws_key
+            );
+        }
         Mode::Longpoll => {
-            let _ = write!(s, "GET /sub/{channel}?timeout={poll_timeout_secs}");
-            if let (Protocol::Holdfast, Some(id)) = (protocol, &cursor.id) {
+            let _ = write!(s, "GET /sub/{channel}?timeout={}", r.poll_timeout_secs);
+            if let (Protocol::Holdfast, Some(id)) = (r.protocol, &r.cursor.id) {
                 let _ = write!(s, "&since={id}");
             }
             let _ = write!(s, " HTTP/1.1\r\nHost: {host}\r\n");
-            if protocol == Protocol::Nchan {
-                if let Some(lm) = &cursor.last_modified {
+            if r.protocol == Protocol::Nchan {
+                if let Some(lm) = &r.cursor.last_modified {
                     let _ = write!(s, "If-Modified-Since: {lm}\r\n");
                 }
-                if let Some(etag) = &cursor.etag {
+                if let Some(etag) = &r.cursor.etag {
                     let _ = write!(s, "If-None-Match: {etag}\r\n");
                 }
             }
@@ -69,6 +96,12 @@ pub struct Head {
     pub chunked: bool,
     pub close: bool,
     pub event_stream: bool,
+    /// `Content-Type: application/x-ndjson`.
+    pub ndjson: bool,
+    /// `Upgrade: websocket`.
+    pub upgrade_websocket: bool,
+    /// `Sec-WebSocket-Accept`.
+    pub ws_accept: Option<String>,
     pub messages_lost: bool,
     pub cursor: Cursor,
 }
@@ -98,7 +131,13 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, ()> {
         } else if name.eq_ignore_ascii_case("connection") {
             h.close = v.eq_ignore_ascii_case("close");
         } else if name.eq_ignore_ascii_case("content-type") {
-            h.event_stream = v.to_ascii_lowercase().starts_with("text/event-stream");
+            let v = v.to_ascii_lowercase();
+            h.event_stream = v.starts_with("text/event-stream");
+            h.ndjson = v.starts_with("application/x-ndjson");
+        } else if name.eq_ignore_ascii_case("upgrade") {
+            h.upgrade_websocket = v.eq_ignore_ascii_case("websocket");
+        } else if name.eq_ignore_ascii_case("sec-websocket-accept") {
+            h.ws_accept = Some(v.to_owned());
         } else if name.eq_ignore_ascii_case("messages-lost") {
             h.messages_lost = v.eq_ignore_ascii_case("true");
         } else if name.eq_ignore_ascii_case("message-id") {
@@ -235,10 +274,193 @@ pub fn parse_event_id(protocol: Protocol, id: &str) -> Option<(u64, u64)> {
     }
 }
 
-/// Incremental decoder for a `Transfer-Encoding: chunked` SSE body. holdfast's SSE
-/// bodies are close-delimited, and so are nchan 1.3.6's (checked: no
-/// `Transfer-Encoding` on its EventSource responses); this is for a server or proxy
-/// that chunks.
+/// RFC 6455 §1.3: what the server appends to the key before hashing it.
+const WS_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// A `Sec-WebSocket-Key`: base64 of 16 (random) bytes, 24 characters.
+pub fn ws_key(nonce: [u8; 16]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(nonce)
+}
+
+/// The `Sec-WebSocket-Accept` a server must answer `key` with: base64(SHA-1(key + GUID)).
+pub fn ws_accept(key: &str) -> String {
+    let mut h = Sha1::new();
+    h.update(key.as_bytes());
+    h.update(WS_GUID);
+    base64::engine::general_purpose::STANDARD.encode(h.finalize())
+}
+
+/// One WebSocket message or control frame from the server.
+#[derive(Debug, PartialEq, Eq)]
+pub enum WsFrame {
+    /// A whole text message (its fragments joined).
+    Text(Vec<u8>),
+    /// A whole binary message: never one of holdfast's, nor nchan's for a `text/plain`
+    /// publish.
+    Binary(Vec<u8>),
+    Ping,
+    Pong,
+    /// The close frame's status code, if it carried one.
+    Close(Option<u16>),
+}
+
+/// Reads the frames a server sends (RFC 6455 §5.2): unmasked, any of the three length
+/// forms, data messages possibly fragmented (control frames may come between the
+/// fragments). Anything else a server may not send is an error: a masked frame,
+/// reserved bits, an unknown opcode, a fragmented or over-125-byte control frame, a
+/// continuation with nothing to continue, a new data frame inside a fragmented message,
+/// or a message longer than [`MAX_BODY`].
+#[derive(Debug, Default)]
+pub struct WsParser {
+    /// A fragmented message under way: its opcode and the bytes so far.
+    partial: Option<(u8, Vec<u8>)>,
+}
+
+impl WsParser {
+    /// Consumes every complete frame of `buf`, calling `on_frame` per whole message or
+    /// control frame, and returns the bytes consumed (a partial frame stays in the
+    /// buffer). `Err`: the server broke the protocol; the connection is no good.
+    pub fn feed(&mut self, buf: &[u8], mut on_frame: impl FnMut(WsFrame)) -> Result<usize, ()> {
+        let mut at = 0;
+        loop {
+            let rest = &buf[at..];
+            let [b0, b1, ..] = *rest else {
+                return Ok(at);
+            };
+            let (fin, opcode) = (b0 & 0x80 != 0, b0 & 0x0F);
+            if b0 & 0x70 != 0 || b1 & 0x80 != 0 {
+                return Err(()); // reserved bits, or a masked server frame
+            }
+            let (len, head) = match b1 & 0x7F {
+                126 if rest.len() >= 4 => (u64::from(u16::from_be_bytes([rest[2], rest[3]])), 4),
+                127 if rest.len() >= 10 => {
+                    let mut n = [0u8; 8];
+                    n.copy_from_slice(&rest[2..10]);
+                    (u64::from_be_bytes(n), 10)
+                }
+                126 | 127 => return Ok(at),
+                n => (u64::from(n), 2),
+            };
+            let control = opcode & 0x8 != 0;
+            if control && (!fin || len > 125) {
+                return Err(());
+            }
+            let so_far = match (&self.partial, opcode) {
+                (Some((_, p)), 0x0) => p.len() as u64,
+                _ => 0,
+            };
+            if len + so_far > MAX_BODY as u64 {
+                return Err(());
+            }
+            let end = head + len as usize;
+            if rest.len() < end {
+                return Ok(at);
+            }
+            let payload = &rest[head..end];
+            at += end;
+            match opcode {
+                0x0 => {
+                    let Some((_, p)) = &mut self.partial else {
+                        return Err(());
+                    };
+                    p.extend_from_slice(payload);
+                    if fin {
+                        if let Some((op, p)) = self.partial.take() {
+                            on_frame(data_frame(op, p));
+                        }
+                    }
+                }
+                0x1 | 0x2 => {
+                    if self.partial.is_some() {
+                        return Err(());
+                    }
+                    if fin {
+                        on_frame(data_frame(opcode, payload.to_vec()));
+                    } else {
+                        self.partial = Some((opcode, payload.to_vec()));
+                    }
+                }
+                0x8 => on_frame(WsFrame::Close(
+                    (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]])),
+                )),
+                0x9 => on_frame(WsFrame::Ping),
+                0xA => on_frame(WsFrame::Pong),
+                _ => return Err(()),
+            }
+        }
+    }
+}
+
+fn data_frame(opcode: u8, payload: Vec<u8>) -> WsFrame {
+    if opcode == 0x1 {
+        WsFrame::Text(payload)
+    } else {
+        WsFrame::Binary(payload)
+    }
+}
+
+/// One object of the JSON envelope holdfast's WebSocket and ndjson streams carry
+/// (`docs/protocol.md`, "The JSON envelope").
+#[derive(Debug, PartialEq, Eq)]
+pub enum Envelope {
+    /// A message. `id` is `None` when the object has no string `id` (the protocol's ids
+    /// are strings); `base64` when the payload came base64-encoded (not UTF-8: never
+    /// one of this tool's).
+    Message {
+        id: Option<String>,
+        channel: Option<String>,
+        data: String,
+        base64: bool,
+    },
+    Lost,
+    Deleted,
+    Expired,
+    Shutdown,
+}
+
+/// Parses one envelope object; `None` when it is not one (not JSON, not an object, no
+/// `data` and no known `event`).
+pub fn parse_envelope(bytes: &[u8]) -> Option<Envelope> {
+    let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    let o = v.as_object()?;
+    let text = |k: &str| o.get(k).and_then(|x| x.as_str()).map(str::to_owned);
+    if let Some(event) = o.get("event") {
+        return match event.as_str()? {
+            "lost" => Some(Envelope::Lost),
+            "deleted" => Some(Envelope::Deleted),
+            "expired" => Some(Envelope::Expired),
+            "shutdown" => Some(Envelope::Shutdown),
+            _ => None,
+        };
+    }
+    Some(Envelope::Message {
+        id: text("id"),
+        channel: text("channel"),
+        data: text("data")?,
+        base64: o.get("encoding").and_then(|e| e.as_str()) == Some("base64"),
+    })
+}
+
+/// Splits an ndjson body into lines: calls `on_line` for every complete non-empty line
+/// (without its `\n`, and without a `\r` before it) and returns the bytes consumed. An
+/// empty line is holdfast's heartbeat and is skipped.
+pub fn ndjson_feed(buf: &[u8], mut on_line: impl FnMut(&[u8])) -> usize {
+    let mut start = 0;
+    while let Some(nl) = buf[start..].iter().position(|&b| b == b'\n') {
+        let line = &buf[start..start + nl];
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        start += nl + 1;
+        if !line.is_empty() {
+            on_line(line);
+        }
+    }
+    start
+}
+
+/// Incremental decoder for a `Transfer-Encoding: chunked` body: holdfast's ndjson
+/// streams, and an SSE body from a server or proxy that chunks (holdfast's SSE bodies
+/// are close-delimited, and so are nchan 1.3.6's: no `Transfer-Encoding` on its
+/// EventSource responses).
 #[derive(Debug, Default)]
 pub struct Chunked {
     state: ChunkState,
@@ -349,11 +571,33 @@ mod tests {
                 &cur,
                 "GET /sub/c HTTP/1.1\r\nHost: h:1\r\nAccept: text/event-stream\r\n\r\n",
             ),
+            (
+                Mode::Ndjson,
+                Protocol::Holdfast,
+                &cur,
+                "GET /sub/c?stream=ndjson HTTP/1.1\r\nHost: h:1\r\n\r\n",
+            ),
+            (
+                Mode::Websocket,
+                Protocol::Nchan,
+                &cur,
+                "GET /sub/c HTTP/1.1\r\nHost: h:1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            ),
         ];
         let mut out = b"stale".to_vec();
-        for (mode, proto, cursor, want) in cases {
-            subscribe_request(&mut out, *mode, *proto, "h:1", "c", 9, cursor);
-            assert_eq!(std::str::from_utf8(&out).unwrap(), *want);
+        for &(mode, protocol, cursor, want) in cases {
+            let r = Request {
+                mode,
+                protocol,
+                host: "h:1",
+                channel: "c",
+                poll_timeout_secs: 9,
+                cursor,
+                ws_key: "dGhlIHNhbXBsZSBub25jZQ==",
+            };
+            subscribe_request(&mut out, &r);
+            assert_eq!(std::str::from_utf8(&out).unwrap(), want);
         }
     }
 
@@ -510,5 +754,198 @@ mod tests {
         for bad in [&b"zz\r\n"[..], b"2\r\nabX"] {
             assert_eq!(Chunked::default().decode(bad, &mut Vec::new()), Err(()));
         }
+    }
+
+    #[test]
+    fn websocket_keys_and_accepts() {
+        // RFC 6455 §1.3's example: this nonce, this key, this accept.
+        let key = ws_key(*b"the sample nonce");
+        assert_eq!(key, "dGhlIHNhbXBsZSBub25jZQ==");
+        assert_eq!(ws_accept(&key), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        let raw = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: WebSocket\r\n\
+                    Connection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n\x81";
+        let h = parse_head(raw).unwrap().unwrap();
+        assert_eq!(h.status, 101);
+        assert!(h.upgrade_websocket && !h.ndjson && !h.event_stream);
+        assert_eq!(h.ws_accept.as_deref(), Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
+        assert_eq!(
+            h.len,
+            raw.len() - 1,
+            "the frame byte after the head is not the head's"
+        );
+        let nd = b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n\
+                   Transfer-Encoding: chunked\r\n\r\n";
+        let h = parse_head(nd).unwrap().unwrap();
+        assert!(h.ndjson && h.chunked && !h.upgrade_websocket);
+    }
+
+    /// A server frame: FIN and `opcode`, unmasked, with the shortest length form.
+    fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![u8::from(fin) << 7 | opcode];
+        match payload.len() {
+            n if n < 126 => f.push(n as u8),
+            n if n <= 0xFFFF => {
+                f.push(126);
+                f.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                f.push(127);
+                f.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        f.extend_from_slice(payload);
+        f
+    }
+
+    #[test]
+    fn websocket_frames_split_across_reads() {
+        let long = vec![b'x'; 300]; // the 16-bit length form
+        let huge = vec![b'y'; 70_000]; // the 64-bit length form
+        let mut stream = Vec::new();
+        for f in [
+            frame(true, 0x9, b""),
+            frame(true, 0x1, br#"{"id":"5","channel":"c","data":"t=1;n=1"}"#),
+            frame(false, 0x1, b"t=2;"),
+            frame(true, 0x9, b"hb"), // a ping between the fragments
+            frame(false, 0x0, b"n="),
+            frame(true, 0x0, b"2"),
+            frame(true, 0x1, &long),
+            frame(true, 0x2, &huge),
+            frame(true, 0xA, b""),
+            frame(true, 0x8, &1001u16.to_be_bytes()),
+            frame(true, 0x8, b""),
+        ] {
+            stream.extend(f);
+        }
+        let want = vec![
+            WsFrame::Ping,
+            WsFrame::Text(br#"{"id":"5","channel":"c","data":"t=1;n=1"}"#.to_vec()),
+            WsFrame::Ping,
+            WsFrame::Text(b"t=2;n=2".to_vec()),
+            WsFrame::Text(long.clone()),
+            WsFrame::Binary(huge.clone()),
+            WsFrame::Pong,
+            WsFrame::Close(Some(1001)),
+            WsFrame::Close(None),
+        ];
+        for chunk in [1, 2, 3, 7, 1000, stream.len()] {
+            let mut p = WsParser::default();
+            let (mut buf, mut got) = (Vec::new(), Vec::new());
+            for piece in stream.chunks(chunk) {
+                buf.extend_from_slice(piece);
+                let used = p.feed(&buf, |f| got.push(f)).unwrap();
+                buf.drain(..used);
+            }
+            assert!(buf.is_empty(), "chunk {chunk}");
+            assert_eq!(got, want, "chunk size {chunk}");
+        }
+    }
+
+    #[test]
+    fn frames_a_server_may_not_send_are_errors() {
+        let masked = {
+            let mut f = frame(true, 0x1, b"abcd");
+            f[1] |= 0x80;
+            f
+        };
+        let mut too_long = vec![0x82, 127];
+        too_long.extend_from_slice(&(MAX_BODY as u64 + 1).to_be_bytes());
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("masked", masked),
+            ("reserved bit", {
+                let mut f = frame(true, 0x1, b"a");
+                f[0] |= 0x40;
+                f
+            }),
+            ("unknown opcode", frame(true, 0x3, b"")),
+            ("fragmented ping", frame(false, 0x9, b"")),
+            ("long ping", frame(true, 0x9, &[0; 126])),
+            ("lone continuation", frame(true, 0x0, b"x")),
+            (
+                "data inside a fragmented message",
+                [frame(false, 0x1, b"a"), frame(true, 0x1, b"b")].concat(),
+            ),
+            ("over MAX_BODY", too_long),
+        ];
+        for (what, bytes) in cases {
+            let r = WsParser::default().feed(&bytes, |_| {});
+            assert_eq!(r, Err(()), "{what}");
+        }
+    }
+
+    #[test]
+    fn envelopes_of_every_kind() {
+        let cases: &[(&str, Option<Envelope>)] = &[
+            (
+                r#"{"id":"18446744073709551615","channel":"news","data":"t=1;n=2"}"#,
+                Some(Envelope::Message {
+                    id: Some("18446744073709551615".into()),
+                    channel: Some("news".into()),
+                    data: "t=1;n=2".into(),
+                    base64: false,
+                }),
+            ),
+            (
+                r#"{"id":"7","channel":"c","data":"AAH/","encoding":"base64"}"#,
+                Some(Envelope::Message {
+                    id: Some("7".into()),
+                    channel: Some("c".into()),
+                    data: "AAH/".into(),
+                    base64: true,
+                }),
+            ),
+            // A number is not the protocol's id: the message still reads, without one.
+            (
+                r#"{"id":7,"channel":"c","data":"x\n\u00e9"}"#,
+                Some(Envelope::Message {
+                    id: None,
+                    channel: Some("c".into()),
+                    data: "x\né".into(),
+                    base64: false,
+                }),
+            ),
+            (r#"{"event":"lost","next":"9"}"#, Some(Envelope::Lost)),
+            (
+                r#"{"event":"deleted","channel":"c"}"#,
+                Some(Envelope::Deleted),
+            ),
+            (r#"{"event":"expired"}"#, Some(Envelope::Expired)),
+            (r#"{"event":"shutdown"}"#, Some(Envelope::Shutdown)),
+            (r#"{"event":"party"}"#, None),
+            (r#"{"id":"1","channel":"c"}"#, None),
+            ("t=1;n=1", None),
+            ("[1,2]", None),
+            ("", None),
+        ];
+        for (text, want) in cases {
+            assert_eq!(&parse_envelope(text.as_bytes()), want, "{text}");
+        }
+    }
+
+    #[test]
+    fn ndjson_lines_skip_heartbeats_and_wait_for_their_newline() {
+        // holdfast's chunks: one line each, heartbeats as empty lines.
+        let body = b"4\r\n{\"a\"\r\n2\r\n:1\r\n2\r\n}\n\r\n1\r\n\n\r\n3\r\n{}\n\r\n0\r\n\r\n";
+        let want: Vec<&[u8]> = vec![b"{\"a\":1}", b"{}"];
+        for step in 1..=body.len() {
+            let mut d = Chunked::default();
+            let (mut raw, mut text) = (Vec::new(), Vec::new());
+            let mut got: Vec<Vec<u8>> = Vec::new();
+            for piece in body.chunks(step) {
+                raw.extend_from_slice(piece);
+                let used = d.decode(&raw, &mut text).unwrap();
+                raw.drain(..used);
+                let used = ndjson_feed(&text, |l| got.push(l.to_vec()));
+                text.drain(..used);
+            }
+            assert!(d.done() && text.is_empty(), "step {step}");
+            assert_eq!(got, want, "step {step}");
+        }
+        let mut got = Vec::new();
+        assert_eq!(
+            ndjson_feed(b"\r\n{}\r\n{\"x\"", |l| got.push(l.to_vec())),
+            6
+        );
+        assert_eq!(got, vec![b"{}".to_vec()]);
     }
 }

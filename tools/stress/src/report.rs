@@ -34,6 +34,9 @@ pub struct Counts {
     pub duplicates: u64,
     /// Long-polls answered "nothing new" (holdfast 204; nchan 304 or 408).
     pub timeouts: u64,
+    /// WebSocket and ndjson: bytes of what carried each message counted in `received`
+    /// (a text frame's payload, an ndjson line without its newline).
+    pub message_bytes: u64,
     pub errors: BTreeMap<String, u64>,
 }
 
@@ -116,6 +119,10 @@ pub struct Summary {
     pub lost: u64,
     pub duplicates: u64,
     pub timeouts: u64,
+    /// WebSocket and ndjson: Σ bytes of the frame payloads (ndjson: lines) that carried
+    /// the `received` messages; 0 in the other modes. holdfast's frames hold the JSON
+    /// envelope, nchan's the raw payload.
+    pub message_bytes: u64,
     pub latency_us: Latency,
     pub ramp_secs: f64,
     pub elapsed_secs: f64,
@@ -176,6 +183,13 @@ impl Summary {
                 "  latency µs   p50 {}  p99 {}  p99.9 {}  max {}  ({} samples)",
                 l.p50, l.p99, l.p999, l.max, l.count
             ));
+            if self.message_bytes > 0 && self.received > 0 {
+                line(format!(
+                    "  bytes        {} per message as received ({} in all)",
+                    self.message_bytes / self.received,
+                    self.message_bytes
+                ));
+            }
         }
         line(format!("  poll timeouts {}", self.timeouts));
         if self.errors.is_empty() {

@@ -8,7 +8,8 @@
 //! 2. **hold**: `--hold` with nothing happening; closes and resets show up as errors.
 //! 3. **snapshot**: each worker counts (and marks) its live subscriptions: `held`.
 //! 4. **ready** (holdfast, publishing only): wait until each server's `/stats` shows at
-//!    least the subscriptions this run holds on it (`parked` or `sse_streams`), so a
+//!    least the subscriptions this run holds on it (the mode's gauge: `parked`,
+//!    `sse_streams`, `websockets` or `ndjson_streams`), so a
 //!    publish cannot overtake a request the server has not read yet. nchan has no such
 //!    counter; there the hold has to be long enough.
 //! 5. **publish**: `--publish` rounds, each one POST to every admin address at once.
@@ -26,7 +27,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use holdfast_stress::errors;
 use holdfast_stress::report::{self, Counts, Latency, Report, Summary};
 
-use crate::cli::{Mode, Plan, Protocol};
+use crate::cli::{Plan, Protocol};
 use crate::http;
 use crate::publish;
 use crate::worker::unix_micros;
@@ -352,10 +353,7 @@ impl Run {
     /// reported and the run publishes anyway (the losses will show).
     fn wait_ready(&mut self, held_per_target: &[u64], hard: Instant) -> bool {
         self.ui.phase("ready", self.expected);
-        let key = match self.plan.args.mode {
-            Mode::Longpoll => "parked",
-            Mode::Sse => "sse_streams",
-        };
+        let key = self.plan.args.mode.gauge();
         let until = (Instant::now() + READY_WAIT).min(hard);
         let admins = self.plan.args.admin.clone();
         loop {
@@ -475,6 +473,7 @@ impl Run {
             lost: self.expected.saturating_sub(received),
             duplicates: self.total(|c| c.duplicates),
             timeouts: self.total(|c| c.timeouts),
+            message_bytes: self.total(|c| c.message_bytes),
             latency_us: Latency::from_histogram(&hist),
             ramp_secs,
             elapsed_secs: self.start.elapsed().as_secs_f64(),

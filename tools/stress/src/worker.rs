@@ -29,11 +29,12 @@ use socket2::{Domain, SockRef, Socket, Type};
 use holdfast_stress::errors::{self, classify};
 use holdfast_stress::report::{self, Counts, Report};
 
-use crate::cli::{Mode, WorkerSpec};
-use crate::http::{self, Chunked, Cursor, SseEvent, SseParser};
+use crate::cli::{Mode, Protocol, WorkerSpec};
+use crate::http::{self, Chunked, Cursor, Envelope, SseEvent, SseParser, WsFrame, WsParser};
 
 const WAKER: Token = Token(usize::MAX);
-/// Time allowed for a handshake, and for an SSE response head.
+/// Time allowed for a handshake, and for a stream's response head (SSE, ndjson, or a
+/// WebSocket's `101`).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long past its own `timeout=` a long-poll may stay unanswered.
 const RESPONSE_GRACE: Duration = Duration::from_secs(30);
@@ -50,9 +51,9 @@ enum Cmd {
 enum Phase {
     /// Handshake under way.
     Connecting,
-    /// A request is (being) sent and its answer (long-poll) or head (SSE) awaited.
+    /// A request is (being) sent and its answer (long-poll) or head (streams) awaited.
     Waiting,
-    /// SSE: head received, events flowing.
+    /// A stream (SSE, ndjson, WebSocket): head received, events flowing.
     Streaming,
     Closed,
 }
@@ -68,14 +69,20 @@ struct Conn {
     rbuf: Vec<u8>,
     cursor: Cursor,
     sse: SseParser,
-    /// Set for a chunked SSE body; `body` then holds the decoded bytes.
+    /// WebSocket: the frame reader (a fragmented message in progress), and the 16 random
+    /// bytes whose base64 is this connection's `Sec-WebSocket-Key`.
+    ws: WsParser,
+    ws_nonce: [u8; 16],
+    /// Set for a chunked stream body (ndjson; SSE through a proxy that chunks); `body`
+    /// then holds the decoded bytes.
     chunked: Option<Chunked>,
     body: Vec<u8>,
     /// Highest `n` received; the same `n` again is a duplicate, a lower one is out of
     /// order.
     last_seq: u32,
-    /// SSE: the previous event's id as an ordered pair (`http::parse_event_id`); each
-    /// message's id must be above it. (0, 0) before the first.
+    /// SSE, and the JSON envelope's `id` (WebSocket, ndjson): the previous message's id
+    /// as an ordered pair (`http::parse_event_id`); each message's id must be above it.
+    /// (0, 0) before the first.
     last_event_id: (u64, u64),
     /// Subscribed and waiting (counted in `Counts::holding`).
     holding: bool,
@@ -86,7 +93,7 @@ struct Conn {
 }
 
 impl Conn {
-    fn new(target: usize, deadline: Instant) -> Conn {
+    fn new(target: usize, deadline: Instant, ws_nonce: [u8; 16]) -> Conn {
         Conn {
             sock: None,
             target,
@@ -97,6 +104,8 @@ impl Conn {
             rbuf: Vec::new(),
             cursor: Cursor::default(),
             sse: SseParser::default(),
+            ws: WsParser::default(),
+            ws_nonce,
             chunked: None,
             body: Vec::new(),
             last_seq: 0,
@@ -116,6 +125,8 @@ struct Ctx {
     counts: Counts,
     hist: Histogram<u64>,
     told_other: bool,
+    /// splitmix64 state for the WebSocket keys.
+    rng: u64,
 }
 
 impl Ctx {
@@ -168,19 +179,24 @@ impl Ctx {
         self.settle(c);
     }
 
-    fn delivery(&mut self, c: &mut Conn, payload: &[u8]) {
+    /// Takes one delivered payload; true when it counted as a message received (first
+    /// arrival, in order, on a subscription counted at the snapshot).
+    fn delivery(&mut self, c: &mut Conn, payload: &[u8]) -> bool {
         let Some((sent_us, n)) = http::parse_payload(payload) else {
-            return self.error(errors::BAD_PAYLOAD);
+            self.error(errors::BAD_PAYLOAD);
+            return false;
         };
         if n == 0 || n > self.spec.publish {
-            return self.error(errors::UNEXPECTED_MESSAGE);
+            self.error(errors::UNEXPECTED_MESSAGE);
+            return false;
         }
         if n == c.last_seq {
             self.counts.duplicates += 1;
-            return;
+            return false;
         }
         if n < c.last_seq {
-            return self.error(errors::OUT_OF_ORDER);
+            self.error(errors::OUT_OF_ORDER);
+            return false;
         }
         c.last_seq = n;
         if c.counted {
@@ -188,6 +204,24 @@ impl Ctx {
             self.hist
                 .saturating_record(unix_micros().saturating_sub(sent_us).max(1));
         }
+        c.counted
+    }
+
+    /// A fresh WebSocket nonce (splitmix64 over a seed from the kernel): RFC 6455 asks
+    /// for a random key per connection; this is not cryptography, only a key no two
+    /// connections share.
+    fn nonce(&mut self) -> [u8; 16] {
+        let mut next = || {
+            self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.rng;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        };
+        let mut out = [0u8; 16];
+        out[..8].copy_from_slice(&next().to_le_bytes());
+        out[8..].copy_from_slice(&next().to_le_bytes());
+        out
     }
 }
 
@@ -228,6 +262,7 @@ struct Worker {
 
 impl Worker {
     fn new(spec: WorkerSpec) -> io::Result<Worker> {
+        let spec_id = spec.id as u64;
         if spec.sources.is_empty() || spec.targets.is_empty() {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -243,6 +278,7 @@ impl Worker {
                 counts: Counts::default(),
                 hist: report::new_histogram(),
                 told_other: false,
+                rng: seed(spec_id),
             },
             scratch: vec![0; 64 * 1024],
             start: Instant::now(),
@@ -330,7 +366,11 @@ impl Worker {
         let dst = spec.targets[target];
         let src = spec.sources[idx % spec.sources.len()];
         self.ctx.counts.opened += 1;
-        let mut c = Conn::new(target, now + CONNECT_TIMEOUT);
+        let nonce = match spec.mode {
+            Mode::Websocket => self.ctx.nonce(),
+            _ => [0; 16],
+        };
+        let mut c = Conn::new(target, now + CONNECT_TIMEOUT, nonce);
         let res = connect(src, dst).and_then(|mut s| {
             self.poll.registry().register(
                 &mut s,
@@ -392,6 +432,14 @@ impl Worker {
         self.conns.clear();
         Ok(())
     }
+}
+
+/// A seed for the WebSocket keys: 8 bytes of `/dev/urandom`, mixed with the time and
+/// the worker's id (the time alone, should the device not read).
+fn seed(worker: u64) -> u64 {
+    let mut b = [0u8; 8];
+    let _ = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b));
+    u64::from_le_bytes(b) ^ unix_micros() ^ worker.rotate_left(32)
 }
 
 fn read_commands(tx: mpsc::Sender<Cmd>, waker: Arc<Waker>) {
@@ -461,19 +509,26 @@ fn on_ready(c: &mut Conn, ctx: &mut Ctx, ev: &Event, scratch: &mut [u8], now: In
 /// Renders the next subscribe request (with the connection's cursor) and sends it.
 fn send_request(c: &mut Conn, ctx: &mut Ctx, now: Instant) {
     let spec = &ctx.spec;
+    let ws_key = match spec.mode {
+        Mode::Websocket => http::ws_key(c.ws_nonce),
+        _ => String::new(),
+    };
     http::subscribe_request(
         &mut c.out,
-        spec.mode,
-        spec.protocol,
-        &ctx.hosts[c.target],
-        &spec.channel,
-        spec.poll_timeout_secs,
-        &c.cursor,
+        &http::Request {
+            mode: spec.mode,
+            protocol: spec.protocol,
+            host: &ctx.hosts[c.target],
+            channel: &spec.channel,
+            poll_timeout_secs: spec.poll_timeout_secs,
+            cursor: &c.cursor,
+            ws_key: &ws_key,
+        },
     );
     c.out_pos = 0;
     c.deadline = match spec.mode {
         Mode::Longpoll => now + Duration::from_secs(spec.poll_timeout_secs) + RESPONSE_GRACE,
-        Mode::Sse => now + CONNECT_TIMEOUT,
+        Mode::Sse | Mode::Websocket | Mode::Ndjson => now + CONNECT_TIMEOUT,
     };
     flush(c, ctx);
 }
@@ -493,7 +548,7 @@ fn flush(c: &mut Conn, ctx: &mut Ctx) {
         }
     };
     match res {
-        // A long-poll is held once its request is out; an SSE stream once its head is in.
+        // A long-poll is held once its request is out; a stream once its head is in.
         Ok(()) if ctx.spec.mode == Mode::Longpoll => ctx.hold(c),
         Ok(()) => {}
         Err(e) => ctx.fail_io(c, &e),
@@ -521,7 +576,7 @@ fn read(c: &mut Conn, ctx: &mut Ctx, scratch: &mut [u8], now: Instant, hup: bool
         };
         match ctx.spec.mode {
             Mode::Longpoll => longpoll_input(c, ctx, now),
-            Mode::Sse => sse_input(c, ctx),
+            Mode::Sse | Mode::Websocket | Mode::Ndjson => stream_input(c, ctx),
         }
         // A short read emptied the socket's queue; data or a FIN arriving later is a
         // new edge, so the read that would only say WouldBlock is skipped (one
@@ -583,25 +638,64 @@ fn longpoll_input(c: &mut Conn, ctx: &mut Ctx, now: Instant) {
     send_request(c, ctx, now);
 }
 
-/// Reads the SSE head, then splits the stream into events.
-fn sse_input(c: &mut Conn, ctx: &mut Ctx) {
+/// Reads a stream's head (SSE, ndjson: `200`; WebSocket: `101`), then what the stream
+/// carries.
+fn stream_input(c: &mut Conn, ctx: &mut Ctx) {
+    let mode = ctx.spec.mode;
     if c.phase == Phase::Waiting {
         let head = match http::parse_head(&c.rbuf) {
             Ok(Some(h)) => h,
             Ok(None) => return,
             Err(()) => return ctx.fail(c, errors::BAD_RESPONSE),
         };
-        if head.status != 200 {
-            return ctx.fail(c, &errors::status(head.status));
-        }
-        if !head.event_stream {
-            return ctx.fail(c, errors::BAD_RESPONSE);
+        if let Err(kind) = check_stream_head(mode, &head, c.ws_nonce) {
+            return ctx.fail(c, &kind);
         }
         c.rbuf.drain(..head.len);
-        c.chunked = head.chunked.then(Chunked::default);
+        c.chunked = (head.chunked && mode != Mode::Websocket).then(Chunked::default);
         c.phase = Phase::Streaming;
         ctx.hold(c);
     }
+    match mode {
+        Mode::Websocket => websocket_input(c, ctx),
+        _ => text_stream_input(c, ctx),
+    }
+}
+
+/// Whether a stream's response head opens the stream `mode` asked for; `Err` is the
+/// error kind that fails the connection. A server that does not speak the transport
+/// shows here: a long-poll answer (`status_200`, `status_204`) to an upgrade or an
+/// ndjson request, a `400`, or no head at all (`response_timeout`, when it parks the
+/// request as a long-poll).
+fn check_stream_head(mode: Mode, head: &http::Head, ws_nonce: [u8; 16]) -> Result<(), String> {
+    let want = if mode == Mode::Websocket { 101 } else { 200 };
+    if head.status != want {
+        return Err(errors::status(head.status));
+    }
+    match mode {
+        Mode::Websocket => {
+            let accept = http::ws_accept(&http::ws_key(ws_nonce));
+            if head.upgrade_websocket && head.ws_accept.as_deref() == Some(accept.as_str()) {
+                Ok(())
+            } else {
+                Err(errors::BAD_HANDSHAKE.to_owned())
+            }
+        }
+        Mode::Ndjson if !head.ndjson => Err(errors::BAD_RESPONSE.to_owned()),
+        Mode::Sse if !head.event_stream => Err(errors::BAD_RESPONSE.to_owned()),
+        _ => Ok(()),
+    }
+}
+
+/// What a text stream yielded, acted on once the buffer is no longer borrowed.
+enum Item {
+    Sse(SseEvent),
+    Line(Vec<u8>),
+}
+
+/// An SSE or ndjson body: decodes the chunks if it is chunked, then splits it into
+/// SSE events or JSON lines.
+fn text_stream_input(c: &mut Conn, ctx: &mut Ctx) {
     let mut ended = false;
     if let Some(dec) = &mut c.chunked {
         match dec.decode(&c.rbuf, &mut c.body) {
@@ -617,22 +711,26 @@ fn sse_input(c: &mut Conn, ctx: &mut Ctx) {
     } else {
         &mut c.rbuf
     };
-    let mut events = Vec::new();
-    let used = c.sse.feed(src, |e| events.push(e));
+    let mut items = Vec::new();
+    let used = match ctx.spec.mode {
+        Mode::Sse => c.sse.feed(src, |e| items.push(Item::Sse(e))),
+        _ => http::ndjson_feed(src, |l| items.push(Item::Line(l.to_vec()))),
+    };
     src.drain(..used);
     let too_long = src.len() > http::MAX_HEAD;
     if src.is_empty() && src.capacity() > 4096 {
         *src = Vec::new();
     }
-    for e in events {
-        match e {
-            SseEvent::Message { id, data } => {
+    for item in items {
+        match item {
+            Item::Sse(SseEvent::Message { id, data }) => {
                 check_event_id(c, ctx, id.as_deref());
                 ctx.delivery(c, &data);
             }
-            SseEvent::Lost => ctx.error(errors::MESSAGES_LOST),
-            SseEvent::Deleted => ctx.error(errors::CHANNEL_DELETED),
-            SseEvent::Binary => ctx.error(errors::BAD_PAYLOAD),
+            Item::Sse(SseEvent::Lost) => ctx.error(errors::MESSAGES_LOST),
+            Item::Sse(SseEvent::Deleted) => ctx.error(errors::CHANNEL_DELETED),
+            Item::Sse(SseEvent::Binary) => ctx.error(errors::BAD_PAYLOAD),
+            Item::Line(line) => envelope(c, ctx, &line),
         }
     }
     if too_long {
@@ -642,13 +740,136 @@ fn sse_input(c: &mut Conn, ctx: &mut Ctx) {
     }
 }
 
-/// Checks one SSE message's `id:` against the previous one on the stream: present, of
-/// the protocol's dialect, and above it. A bad id is counted and the delivery still
+/// A WebSocket after its `101`: server frames. Text frames are messages (holdfast: the
+/// JSON envelope; nchan: the raw payload); pings and pongs are read and not answered (a
+/// subscriber sends nothing); a close frame ends the subscription, counted by its code.
+fn websocket_input(c: &mut Conn, ctx: &mut Ctx) {
+    let mut frames = Vec::new();
+    let fed = c.ws.feed(&c.rbuf, |f| frames.push(f));
+    if let Ok(used) = fed {
+        c.rbuf.drain(..used);
+        if c.rbuf.is_empty() && c.rbuf.capacity() > 4096 {
+            c.rbuf = Vec::new();
+        }
+    }
+    for f in frames {
+        match f {
+            WsFrame::Text(p) => match ctx.spec.protocol {
+                Protocol::Holdfast => envelope(c, ctx, &p),
+                Protocol::Nchan => {
+                    if ctx.delivery(c, &p) {
+                        ctx.counts.message_bytes += p.len() as u64;
+                    }
+                }
+            },
+            WsFrame::Binary(_) => ctx.error(errors::BAD_PAYLOAD),
+            WsFrame::Ping | WsFrame::Pong => {}
+            WsFrame::Close(code) => return ctx.fail(c, &errors::ws_close(code)),
+        }
+    }
+    if fed.is_err() {
+        ctx.fail(c, errors::BAD_RESPONSE);
+    }
+}
+
+/// One JSON-envelope object (a WebSocket text frame or an ndjson line from holdfast):
+/// a message is checked like an SSE event (its `id` above the previous one, its
+/// channel this run's) and delivered by its `data`; a signal is counted.
+fn envelope(c: &mut Conn, ctx: &mut Ctx, bytes: &[u8]) {
+    match http::parse_envelope(bytes) {
+        None => ctx.error(errors::BAD_ENVELOPE),
+        Some(Envelope::Message {
+            id,
+            channel,
+            data,
+            base64,
+        }) => {
+            let Some(channel) = channel else {
+                return ctx.error(errors::BAD_ENVELOPE);
+            };
+            check_event_id(c, ctx, id.as_deref());
+            if channel != ctx.spec.channel {
+                return ctx.error(errors::UNEXPECTED_MESSAGE);
+            }
+            if base64 {
+                return ctx.error(errors::BAD_PAYLOAD);
+            }
+            if ctx.delivery(c, data.as_bytes()) {
+                ctx.counts.message_bytes += bytes.len() as u64;
+            }
+        }
+        Some(Envelope::Lost) => ctx.error(errors::MESSAGES_LOST),
+        Some(Envelope::Deleted) => ctx.error(errors::CHANNEL_DELETED),
+        Some(Envelope::Expired) => ctx.error(errors::STREAM_EXPIRED),
+        Some(Envelope::Shutdown) => ctx.error(errors::SERVER_SHUTDOWN),
+    }
+}
+
+/// Checks one message's id (SSE `id:`, or the JSON envelope's `id`) against the
+/// previous one on the stream: present, of the protocol's dialect, and above it. A bad id is counted and the delivery still
 /// counts by its payload, so loss and order are judged on `n` either way.
 fn check_event_id(c: &mut Conn, ctx: &mut Ctx, id: Option<&str>) {
     match id.and_then(|id| http::parse_event_id(ctx.spec.protocol, id)) {
         None => ctx.error(errors::BAD_EVENT_ID),
         Some(eid) if eid <= c.last_event_id => ctx.error(errors::EVENT_ID_ORDER),
         Some(eid) => c.last_event_id = eid,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stream_head_must_open_the_transport_asked_for() {
+        let nonce = *b"the sample nonce";
+        let head = |status: u16, f: &dyn Fn(&mut http::Head)| {
+            let mut h = http::Head {
+                status,
+                ..http::Head::default()
+            };
+            f(&mut h);
+            h
+        };
+        let ws_ok = |h: &mut http::Head| {
+            h.upgrade_websocket = true;
+            h.ws_accept = Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into());
+        };
+        let cases: Vec<(Mode, http::Head, Result<(), &str>)> = vec![
+            (Mode::Websocket, head(101, &ws_ok), Ok(())),
+            // A server that answers the upgrade as a long-poll, or refuses it.
+            (Mode::Websocket, head(200, &|_| {}), Err("status_200")),
+            (Mode::Websocket, head(204, &|_| {}), Err("status_204")),
+            (Mode::Websocket, head(426, &|_| {}), Err("status_426")),
+            (
+                Mode::Websocket,
+                head(101, &|h| {
+                    ws_ok(h);
+                    h.ws_accept = Some("dGhlIHNhbXBsZSBub25jZQ==".into());
+                }),
+                Err("bad_handshake"),
+            ),
+            (
+                Mode::Websocket,
+                head(101, &|h| {
+                    ws_ok(h);
+                    h.upgrade_websocket = false;
+                }),
+                Err("bad_handshake"),
+            ),
+            (Mode::Ndjson, head(200, &|h| h.ndjson = true), Ok(())),
+            (Mode::Ndjson, head(200, &|_| {}), Err("bad_response")),
+            (Mode::Ndjson, head(204, &|_| {}), Err("status_204")),
+            (Mode::Sse, head(200, &|h| h.event_stream = true), Ok(())),
+            (
+                Mode::Sse,
+                head(200, &|h| h.ndjson = true),
+                Err("bad_response"),
+            ),
+        ];
+        for (mode, h, want) in cases {
+            let got = check_stream_head(mode, &h, nonce);
+            assert_eq!(got, want.map_err(str::to_owned), "{mode:?} {h:?}");
+        }
     }
 }

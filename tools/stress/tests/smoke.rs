@@ -64,7 +64,7 @@ impl Drop for Server {
 }
 
 #[test]
-fn every_subscriber_gets_every_message_in_both_modes() {
+fn every_subscriber_gets_every_message_in_every_mode() {
     let Some(bin) = server_binary() else {
         eprintln!(
             "SKIPPED: no holdfast binary next to the test binary; run `cargo build -p holdfast` \
@@ -73,7 +73,7 @@ fn every_subscriber_gets_every_message_in_both_modes() {
         return;
     };
     let server = Server::start(&bin);
-    for mode in ["longpoll", "sse"] {
+    for mode in ["longpoll", "sse", "websocket", "ndjson"] {
         let (code, s) = stress(&[
             "--target",
             &server.public,
