@@ -65,3 +65,7 @@ pub mod redis;
 /// Several holdfast nodes in cluster mode on one Redis (cluster.rs).
 #[allow(dead_code)]
 pub mod cluster;
+
+/// The raw WebSocket client and the JSON envelope (websocket.rs, ndjson.rs).
+#[allow(dead_code)]
+pub mod ws;
