@@ -23,7 +23,7 @@
 //! reset, not a new timer per read), covers both.
 //!
 //! The phase comes from [`ConnShared`]: the service bumps `started` and holds an
-//! [`InFlight`] guard while it works on a request (for SSE: while the stream is open).
+//! [`InFlight`] guard while it works on a request (for a stream: while it is open).
 //! Phases: `Head` (deadline = header timeout; scanning the request line) → `Busy` (no
 //! deadline: a parked poll may last minutes) → `Idle` (deadline = keep-alive timeout) →
 //! `Head` again on the next byte. The wrapper sees a transition at its next poll, and the
@@ -52,6 +52,7 @@ use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
 use crate::request_line::{LineScan, Scan, MAX_HOLD};
+use crate::websocket::Upgrade;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
@@ -64,23 +65,26 @@ pub struct Timeouts {
 pub struct ConnShared {
     /// Requests hyper has handed to the service so far.
     started: AtomicU32,
-    /// Requests (and SSE streams) whose response is not complete yet.
+    /// Requests (and streams) whose response is not complete yet.
     in_flight: AtomicU32,
-    /// Raised by an SSE stream whose client fell too far behind: the connection task
+    /// Raised by a stream whose client fell too far behind: the connection task
     /// drops the connection without waiting for hyper.
     abort: Notify,
-    /// The connection's SSE stream backlog, if it opened one.
+    /// The connection's stream backlog, if it opened one.
     backlog: Backlog,
     /// The client closed its side (read returned 0).
     eof: AtomicBool,
-    /// Requests parked (a long-poll waiting, an SSE stream open). See [`GuardedIo`] on
+    /// Requests parked (a long-poll waiting, a stream open). See [`GuardedIo`] on
     /// holding back the client's EOF.
     parked: AtomicU32,
     /// The socket wrapper's read waker while it holds back an EOF.
     reader: Mutex<Option<Waker>>,
+    /// A WebSocket stream waiting for hyper to hand over the connection after its
+    /// `101`; the connection task takes it when hyper is done.
+    upgrade: Mutex<Option<Upgrade>>,
 }
 
-/// How far a connection's SSE stream is behind (an event stream is close-delimited, so a
+/// How far a connection's stream is behind (a stream ends its connection, so a
 /// connection carries at most one).
 ///
 /// `queued` is what the hub handed to the stream's queue and its body has not taken yet.
@@ -97,7 +101,7 @@ pub struct ConnShared {
 struct Backlog {
     /// Bytes queued and not yet taken by the body.
     queued: AtomicUsize,
-    /// `--sse-max-backlog`, set when the stream opens (0: no stream).
+    /// `--stream-max-backlog`, set when the stream opens (0: no stream).
     limit: AtomicUsize,
     /// The socket refused the last write (a write it accepts clears it).
     refused: AtomicBool,
@@ -105,7 +109,7 @@ struct Backlog {
     cut: AtomicBool,
 }
 
-/// A queue this many times `--sse-max-backlog` is cut even if the socket never refused.
+/// A queue this many times `--stream-max-backlog` is cut even if the socket never refused.
 const HARD_CAP: usize = 4;
 
 impl ConnShared {
@@ -154,7 +158,7 @@ impl ConnShared {
         self.abort.notified().await;
     }
 
-    /// An SSE stream opened on this connection, allowed `limit` unsent bytes.
+    /// A stream opened on this connection, allowed `limit` unsent bytes.
     pub fn open_stream(&self, limit: usize) {
         self.backlog.limit.store(limit.max(1), SeqCst);
     }
@@ -189,6 +193,22 @@ impl ConnShared {
         if !self.backlog.cut.swap(true, AcqRel) {
             self.abort();
         }
+    }
+
+    /// Leaves a WebSocket stream for the connection task to run once hyper has written
+    /// the `101` and handed over the socket.
+    pub fn set_upgrade(&self, ws: Upgrade) {
+        *self.upgrade.lock().unwrap_or_else(|e| e.into_inner()) = Some(ws);
+    }
+
+    /// The WebSocket stream left by [`set_upgrade`](Self::set_upgrade), if any. The
+    /// connection task always takes it when hyper is done: it holds this `ConnShared`
+    /// (through its guards), so leaving it here would keep both alive.
+    pub fn take_upgrade(&self) -> Option<Upgrade> {
+        self.upgrade
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
     }
 
     /// The socket refused a write: cut the stream if its queue is over the limit.
@@ -385,7 +405,7 @@ impl GuardedIo {
         Poll::Ready(Ok(()))
     }
 
-    /// Accounts for a write's outcome: a refused one counts against an SSE backlog and
+    /// Accounts for a write's outcome: a refused one counts against a stream backlog and
     /// against the phase's deadline.
     fn after_write(
         &mut self,

@@ -15,12 +15,14 @@
 //!   and no message queue — the lean choice for the case holdfast is built around.
 //! - the streams on the channel: one unbounded `mpsc` sender per stream, fed in publish
 //!   order (the store calls us under its lock), with the rendered frame shared by every
-//!   stream (rendered once per message, stream [`Framing`] and `named` flavour). Streams
+//!   stream (rendered once per message and transport, and for SSE per `named` flavour:
+//!   see [`frames`]). Streams
 //!   get the message itself rather than a wake-up, so a burst of publishes never outruns
 //!   a stream's task and turns into a gap (`event: lost`); what bounds a stream is its
-//!   byte backlog (`--sse-max-backlog`): the publisher counts bytes in, the body counts
-//!   bytes out, and a stream over the limit while its socket refuses writes is cut by
-//!   aborting its connection (the rule is in `guard_io::ConnShared::queue`).
+//!   byte backlog (`--stream-max-backlog`): the publisher counts bytes in, the stream
+//!   (an SSE or ndjson body, a WebSocket task) counts bytes out, and a stream over the
+//!   limit while its socket refuses writes is cut by aborting its connection (the rule
+//!   is in `guard_io::ConnShared::queue`).
 //!
 //! Lock order: the store lock, then the hub lock (the store calls [`Notifier::note`] while
 //! holding its lock). Subscribers take the two one at a time, never nested.
@@ -37,13 +39,13 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Poll;
 
-use bytes::Bytes;
-use holdfast::store::{ChannelKey, Group, Groups, Message, Note, Notifier};
+use holdfast::store::{ChannelKey, Group, Groups, Note, Notifier};
 use holdfast::stream::{Event, Framing};
 use slab::Slab;
 use tokio::sync::futures::Notified;
 use tokio::sync::{mpsc, Notify};
 
+use crate::frames::{self, Frame};
 use crate::guard_io::ConnShared;
 
 /// What long-polls on one channel wait for.
@@ -56,11 +58,11 @@ pub struct Signal {
 
 /// What the hub sends a stream.
 pub enum StreamItem {
-    /// A published message, already framed for this stream.
+    /// A published message, already rendered for this stream's transport.
     Message {
         id: u64,
         evicted_max: u64,
-        frame: Bytes,
+        frame: Frame,
     },
     /// An incarnation of one of the stream's channels was deleted.
     Deleted { key: ChannelKey, channel: Arc<str> },
@@ -71,8 +73,8 @@ struct StreamTx {
     framing: Framing,
     /// Subscribed to more than one channel: frames name the channel.
     named: bool,
-    /// The stream's connection: its backlog, and (one stream per connection, as an
-    /// event stream is close-delimited) its identity.
+    /// The stream's connection: its backlog, and (one stream per connection: a stream
+    /// ends its connection) its identity.
     conn: Arc<ConnShared>,
 }
 
@@ -151,7 +153,7 @@ impl Hub {
         self.group
     }
 
-    /// `--sse-max-backlog`.
+    /// `--stream-max-backlog`.
     pub fn max_backlog(&self) -> usize {
         self.max_backlog
     }
@@ -236,12 +238,12 @@ impl Notifier for Hub {
                     return;
                 };
                 e.signal.notify.notify_waiters();
-                // Rendered on first use, once per framing and `named` flavour.
-                let mut frames: [[Option<Bytes>; 2]; Framing::COUNT] =
-                    std::array::from_fn(|_| [None, None]);
+                // Rendered on first use, once per transport (and SSE flavour).
+                let mut rendered: [Option<Frame>; frames::KINDS] = Default::default();
+                let ev = Event::from(&*msg);
                 for (_, s) in e.streams.iter() {
-                    let frame = frames[s.framing.index()][usize::from(s.named)]
-                        .get_or_insert_with(|| render(s.framing, &msg, s.named))
+                    let frame = rendered[frames::kind(s.framing, s.named)]
+                        .get_or_insert_with(|| frames::message(s.framing, &ev, s.named))
                         .clone();
                     let len = frame.len();
                     let item = StreamItem::Message {
@@ -277,12 +279,6 @@ impl Notifier for Hub {
     /// unparking an idle worker) and cannot be separated from the hand-off itself, which
     /// must happen under the lock to keep id order.
     fn wake(&self, _: Groups) {}
-}
-
-fn render(framing: Framing, msg: &Message, named: bool) -> Bytes {
-    let mut v = Vec::with_capacity(msg.payload.len() + 64);
-    framing.message(&mut v, &Event::from(msg), named);
-    Bytes::from(v)
 }
 
 /// A long-poll's hold on the signals of its channels; released on drop.

@@ -3,9 +3,11 @@
 //!
 //! Map: `main` (flags → runtime → signals) → [`server`] (listeners, accept loops, one task
 //! per connection running a hyper HTTP/1 connection) → [`service`] (routing, publish,
-//! admin endpoints) and [`subscribe`] (long-poll and SSE) on top of [`hub`] (publisher →
-//! subscriber wake-ups: the store's notifier) and holdfast's I/O-free `store::Store`;
-//! [`stream`] is a stream's response body, [`guard_io`] the socket wrapper that enforces
+//! admin endpoints) and [`subscribe`] (long-poll and streams: SSE, ndjson, WebSocket) on
+//! top of [`hub`] (publisher → subscriber wake-ups: the store's notifier) and holdfast's
+//! I/O-free `store::Store`; [`stream`] is an SSE or ndjson stream's response body,
+//! [`websocket`] a WebSocket stream (hyper's upgrade, `tokio-tungstenite`), [`frames`]
+//! what each transport carries, [`guard_io`] the socket wrapper that enforces
 //! the timeouts and request-line answers hyper has no knob for ([`request_line`]),
 //! [`respond`] the response builders, [`cors`] the `--allow-origin` headers.
 //!
@@ -14,6 +16,7 @@
 #![deny(unsafe_code)]
 
 mod cors;
+mod frames;
 mod guard_io;
 mod hub;
 mod request_line;
@@ -22,6 +25,7 @@ mod server;
 mod service;
 mod stream;
 mod subscribe;
+mod websocket;
 
 use std::io::Write;
 use std::process::ExitCode;

@@ -187,14 +187,9 @@ pub fn no_message(cursor: u64) -> Response<Body> {
     r
 }
 
-/// The `200` opening a stream, with its framing's headers.
-///
-/// hyper writes a body of unknown length as `Transfer-Encoding: chunked` on an HTTP/1.1
-/// response and as close-delimited only on an HTTP/1.0 one, so a close-delimited stream
-/// (SSE) is marked HTTP/1.0: the status line reads `HTTP/1.0 200 OK` and the bytes after
-/// the head are the stream itself, as docs/protocol.md and holdfast have them.
 /// A framing's response headers, parsed once per process: `HeaderName::from_static`
 /// wants lower case, and holdfast's names are written as it sends them.
+/// `Transfer-Encoding` is left to hyper, which frames the body (see [`stream`]).
 fn stream_headers(framing: Framing) -> &'static [(HeaderName, HeaderValue)] {
     static PARSED: [OnceLock<Vec<(HeaderName, HeaderValue)>>; Framing::COUNT] =
         [const { OnceLock::new() }; Framing::COUNT];
@@ -202,6 +197,7 @@ fn stream_headers(framing: Framing) -> &'static [(HeaderName, HeaderValue)] {
         framing
             .headers()
             .iter()
+            .filter(|(name, _)| !name.eq_ignore_ascii_case("transfer-encoding"))
             .filter_map(|&(name, value)| {
                 // Static, valid names and values (holdfast writes them verbatim).
                 Some((
@@ -213,6 +209,14 @@ fn stream_headers(framing: Framing) -> &'static [(HeaderName, HeaderValue)] {
     })
 }
 
+/// The `200` opening a stream, with its framing's headers.
+///
+/// hyper writes a body of unknown length as `Transfer-Encoding: chunked` on an HTTP/1.1
+/// response and as close-delimited only on an HTTP/1.0 one. An ndjson stream is
+/// chunked, as docs/protocol.md has it: hyper chunks each line and writes the
+/// terminating chunk when the body ends. A close-delimited stream (SSE) is marked
+/// HTTP/1.0: the status line reads `HTTP/1.0 200 OK` and the bytes after the head are
+/// the stream itself, as docs/protocol.md and holdfast have them.
 pub fn stream(framing: Framing, body: StreamBody) -> Response<Body> {
     let mut r = Response::new(Body::Stream(Box::new(body)));
     let h = r.headers_mut();

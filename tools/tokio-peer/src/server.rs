@@ -5,15 +5,18 @@
 //! one permit per open connection), and the per-connection task that runs hyper's HTTP/1
 //! state machine over a [`GuardedIo`] socket.
 //!
-//! A connection's task: `serve_connection` until hyper is done, the socket wrapper times
-//! out, an SSE stream asks for an abort, or shutdown starts (then `graceful_shutdown`:
-//! in-flight responses finish, idle connections close). When the server is the one
-//! closing, the task lingers for up to [`LINGER`]: it sends FIN and drains what the client
-//! still sends, so that closing with unread input does not turn into a reset that destroys
-//! the response the client has not read yet (holdfast does the same).
+//! A connection's task: `serve_connection` (with upgrades) until hyper is done, the
+//! socket wrapper times out, a stream asks for an abort, or shutdown starts (then
+//! `graceful_shutdown`: in-flight responses finish, idle connections close). A
+//! connection hyper upgraded after a WebSocket's `101` goes on in the same task: the
+//! subscribe handler left the stream with the connection (`ConnShared::set_upgrade`),
+//! and the task runs it, so an upgraded connection keeps its permit. When the server is
+//! the one closing, the task lingers for up to [`LINGER`]: it sends FIN and drains what
+//! the client still sends, so that closing with unread input does not turn into a reset
+//! that destroys the response the client has not read yet (holdfast does the same).
 //!
 //! Shutdown: the `watch` flips to `true`; accept loops stop (listeners close); parked polls
-//! answer 503; SSE streams end; connections finish within [`SHUTDOWN_GRACE`], after which
+//! answer 503; streams end; connections finish within [`SHUTDOWN_GRACE`], after which
 //! `main` drops the runtime. Every connection task holds a clone of an `mpsc::Sender`, so
 //! "all connections are gone" is the channel closing (tokio's graceful-shutdown idiom).
 
@@ -208,7 +211,7 @@ impl Server {
         // where a parked poll woken by the shutdown signal looks once more (subscribe.rs).
         self.app.store.close();
         self.app.shutdown.send_replace(true);
-        // SSE bodies end when their senders go; parked polls watch the flag.
+        // Streams end when their senders go; parked polls watch the flag.
         self.app.hub.close();
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, self.all_done.recv()).await;
     }
@@ -379,7 +382,10 @@ impl Connection {
         let shared = Arc::new(ConnShared::default());
         let io = GuardedIo::new(stream, shared.clone(), self.timeouts);
         let svc = service::service(self.app.clone(), shared.clone(), self.admin);
-        let mut conn = self.http.serve_connection(TokioIo::new(io), svc);
+        let mut conn = self
+            .http
+            .serve_connection(TokioIo::new(io), svc)
+            .with_upgrades();
         let mut stop = self.app.shutdown_signal();
         let finished = tokio::select! {
             r = &mut conn => Some(r),
@@ -394,10 +400,25 @@ impl Connection {
                 }
             }
         };
+        // Taken whatever happened: it holds `shared` (see `ConnShared::take_upgrade`).
+        let websocket = shared.take_upgrade();
         if finished.is_none() {
-            return; // an SSE stream fell too far behind: drop the socket at once
+            return; // a stream fell too far behind: drop the socket at once
         }
-        let mut io = conn.into_parts().io.into_inner();
+        let Some(parts) = conn.into_parts() else {
+            // Upgraded: the WebSocket stream runs here, until it ends or falls too far
+            // behind (then the socket is dropped at once, without a close frame).
+            let Some(websocket) = websocket else { return };
+            let io = tokio::select! {
+                io = websocket => io,
+                () = shared.aborted() => None,
+            };
+            if let Some(io) = io {
+                self.linger(io).await;
+            }
+            return;
+        };
+        let mut io = parts.io.into_inner();
         match io.outcome() {
             // The client closed, or sat idle past a deadline: nothing more to say.
             Outcome::Eof | Outcome::TimedOut => {}

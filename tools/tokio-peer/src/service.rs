@@ -8,8 +8,9 @@
 //! hyper's), routing by listener, path and method (`404`, `405` + `Allow`), and the
 //! handlers for publish, channel info, delete, `/stats`, `/metrics` and `/health`.
 //! Subscribe lives in [`subscribe`]. On the public listener, an allowed `Origin`
-//! (`--allow-origin`) adds its CORS headers to whatever the route answers, and
-//! `OPTIONS /sub/…` is a preflight ([`cors`]).
+//! (`--allow-origin`) adds its CORS headers to whatever the route answers but a
+//! WebSocket's `101` (CORS does not apply to WebSockets; the subscribe handler checks
+//! their `Origin` itself), and `OPTIONS /sub/…` is a preflight ([`cors`]).
 //!
 //! Like holdfast, the body is read before routing, so a request's body never lingers in
 //! the connection to be mistaken for the next request. A request that asked to close
@@ -29,6 +30,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::{Body as _, Incoming};
 use hyper::header::{self, HeaderMap};
 use hyper::http::request::Parts;
+use hyper::upgrade::OnUpgrade;
 use hyper::{Method, Request, Response, StatusCode, Version};
 
 use crate::cors;
@@ -62,7 +64,7 @@ async fn handle(
     admin: bool,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     if let Some(refused) = check_head(&parts) {
         return Ok(respond::closing(refused));
     }
@@ -75,7 +77,11 @@ async fn handle(
     // head included. The admin listener never sends them.
     let cors = app.cors.as_ref().filter(|_| !admin);
     let origin = cors.map_or(0, |c| c.lookup(cors::origin(&parts.headers)));
-    let mut resp = route(&app, &conn, flight, admin, origin, &parts, body).await;
+    let mut resp = route(&app, &conn, flight, admin, origin, &mut parts, body).await;
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        // The connection is the WebSocket's now: no CORS, no `Connection: close`.
+        return Ok(resp);
+    }
     if let Some(c) = cors {
         c.add(origin, resp.headers_mut());
     }
@@ -177,7 +183,7 @@ async fn route(
     flight: InFlight,
     admin: bool,
     origin: u32,
-    parts: &Parts,
+    parts: &mut Parts,
     body: Bytes,
 ) -> Response<Body> {
     let path = parts.uri.path();
@@ -198,7 +204,9 @@ async fn route(
     if !admin {
         return match path.strip_prefix("/sub/") {
             Some(list) if parts.method == Method::GET => {
-                subscribe::handle(app, conn, flight, parts, list).await
+                // hyper's handle on the connection, for a WebSocket's upgrade.
+                let upgrade = parts.extensions.remove::<OnUpgrade>();
+                subscribe::handle(app, conn, flight, origin, parts, list, upgrade).await
             }
             // A CORS preflight; without `--allow-origin`, OPTIONS is a method like any.
             Some(_) if parts.method == Method::OPTIONS => match &app.cors {

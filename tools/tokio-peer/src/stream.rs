@@ -1,17 +1,22 @@
-//! A stream's response body (an SSE event stream today).
+//! A stream's response body (an SSE event stream or an ndjson stream), and what every
+//! stream holds on to ([`StreamGuard`]) and where it is in the id sequence
+//! ([`Position`]), shared with the WebSocket task (`websocket.rs`).
 //!
-//! Owns one open stream: the first frame (the framing's preamble plus every buffered
-//! message newer than the cursor, rendered when the stream opened), then what the
-//! [`hub`](crate::hub) queues for it, then heartbeats. hyper polls the body only when it
-//! has room to write, so the queue is where a slow reader's backlog builds up; the hub
-//! counts bytes in and this body counts bytes out (the cut-off rule is in
+//! Owns one open body stream: the first frame (the framing's preamble plus every
+//! buffered message newer than the cursor, rendered when the stream opened), then what
+//! the [`hub`](crate::hub) queues for it, then heartbeats. hyper polls the body only
+//! when it has room to write, so the queue is where a slow reader's backlog builds up;
+//! the hub counts bytes in and this body counts bytes out (the cut-off rule is in
 //! `guard_io::ConnShared::queue`).
 //!
-//! Every byte of the stream comes from holdfast's [`Framing`] (for SSE: `id:`, `event:`
-//! for multi-channel streams, one `data:` per line, base64 `event: binary` for
-//! non-UTF-8 payloads, `event: lost` before the first message after a gap,
-//! `event: deleted` then end, `event: expired` then end when the subscriber token runs
-//! out); this body only decides when to send what.
+//! Every byte comes from holdfast's renderers through [`frames`]: for SSE holdfast's
+//! [`Framing`] bytes (`id:`, `event:` for multi-channel streams, one `data:` per line,
+//! base64 `event: binary` for non-UTF-8 payloads, `event: lost` before the first
+//! message after a gap, `event: deleted` then end, `event: expired` then end when the
+//! subscriber token runs out); for ndjson one JSON envelope line per message or signal,
+//! an empty line as the heartbeat, and the signal line then the end of the body on
+//! deleted / expired / shutdown, which hyper frames (chunked) and terminates. This body
+//! only decides when to send what.
 //!
 //! The body holds the stream's [`StreamGuard`]: when hyper drops the body (the client
 //! left, the stream ended, the connection was cut) the stream leaves the hub and the store
@@ -32,6 +37,7 @@ use hyper::body::Frame;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, Interval, MissedTickBehavior, Sleep};
 
+use crate::frames;
 use crate::guard_io::{ConnShared, InFlight, ParkGuard};
 use crate::hub::{StreamItem, StreamReg};
 use crate::server::App;
@@ -39,6 +45,8 @@ use crate::server::App;
 /// Everything an open stream holds on to; released on drop.
 pub struct StreamGuard {
     pub app: Arc<App>,
+    /// Its transport: which `/stats` gauge counts it.
+    pub framing: Framing,
     pub _reg: StreamReg,
     /// The stream's registration in the store, one key per channel.
     pub keys: Vec<ChannelKey>,
@@ -55,7 +63,34 @@ impl Drop for StreamGuard {
         for &key in &self.keys {
             self.app.store.unsubscribe(key, group, 1, false);
         }
-        dec(&self.app.stats.sse_streams);
+        dec(self.app.stats.streams(self.framing));
+    }
+}
+
+/// Where a stream is in the id sequence: the last id it sent, and a gap still to be
+/// announced.
+pub struct Position {
+    cursor: u64,
+    lost: bool,
+}
+
+impl Position {
+    /// `cursor`: the last id sent (or the store's cursor); `lost`: a gap seen when the
+    /// stream opened, announced before the next message.
+    pub fn new(cursor: u64, lost: bool) -> Position {
+        Position { cursor, lost }
+    }
+
+    /// A message the hub queued: `None` if it was already sent (from the store's buffer
+    /// when the stream opened), else whether a gap comes before it.
+    pub fn advance(&mut self, id: u64, evicted_max: u64) -> Option<bool> {
+        if id <= self.cursor {
+            return None;
+        }
+        let lost = self.lost || (self.cursor != 0 && evicted_max > self.cursor);
+        self.lost = false;
+        self.cursor = id;
+        Some(lost)
     }
 }
 
@@ -63,8 +98,9 @@ impl Drop for StreamGuard {
 pub struct StreamBody {
     /// The stream's wire format: every byte below is rendered by it.
     framing: Framing,
-    /// Sent before anything else.
-    first: Option<Bytes>,
+    /// Sent before anything else, one body frame each (hyper makes each an ndjson
+    /// chunk).
+    first: std::vec::IntoIter<Bytes>,
     /// A message's frame, held back behind the gap frame (`lost`) that precedes it.
     pending: Option<Bytes>,
     rx: mpsc::UnboundedReceiver<StreamItem>,
@@ -74,18 +110,13 @@ pub struct StreamBody {
     /// The token's expiry: then `event: expired`, and the stream ends. Boxed (a
     /// `Sleep` is `!Unpin`), and only for a stream that has a token.
     expiry: Option<Pin<Box<Sleep>>>,
-    /// Id of the last message sent.
-    cursor: u64,
-    /// A gap seen when the stream opened, announced before the next event.
-    lost: bool,
+    position: Position,
     done: bool,
     guard: StreamGuard,
 }
 
-/// Where a stream starts.
+/// Where a stream starts (after what it replays from the store's buffer).
 pub struct Start {
-    /// The preamble and every buffered message newer than the request's cursor.
-    pub first: Bytes,
     /// Id of the last message in `first`, or the store's cursor if there is none.
     pub cursor: u64,
     /// A gap seen when the stream opened, announced before the next message.
@@ -95,8 +126,12 @@ pub struct Start {
 }
 
 impl StreamBody {
+    /// `first`: the preamble and every buffered message newer than the request's cursor,
+    /// none of them empty (an empty frame would be an empty chunk: the end of a chunked
+    /// body).
     pub fn new(
         framing: Framing,
+        first: Vec<Bytes>,
         start: Start,
         rx: mpsc::UnboundedReceiver<StreamItem>,
         conn: Arc<ConnShared>,
@@ -107,7 +142,7 @@ impl StreamBody {
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
         StreamBody {
             framing,
-            first: Some(start.first),
+            first: first.into_iter(),
             pending: None,
             rx,
             conn,
@@ -115,8 +150,7 @@ impl StreamBody {
             expiry: start
                 .expires
                 .map(|at| Box::pin(tokio::time::sleep_until(at))),
-            cursor: start.cursor,
-            lost: start.lost,
+            position: Position::new(start.cursor, start.lost),
             done: false,
             guard,
         }
@@ -139,13 +173,13 @@ impl hyper::body::Body for StreamBody {
         if this.done {
             return Poll::Ready(None);
         }
-        if let Some(b) = this.first.take().or_else(|| this.pending.take()) {
+        if let Some(b) = this.first.next().or_else(|| this.pending.take()) {
             return Self::data(b);
         }
         if this.conn.is_cut() {
             this.done = true;
             return Poll::Ready(Some(Err(io::Error::other(
-                "stream fell more than --sse-max-backlog behind",
+                "stream fell more than --stream-max-backlog behind",
             ))));
         }
         // Past its token's expiry nothing more is sent, not even what is queued.
@@ -153,9 +187,7 @@ impl hyper::body::Body for StreamBody {
             if expiry.as_mut().poll(cx).is_ready() {
                 this.done = true;
                 inc(&this.guard.app.stats.streams_expired);
-                let mut last = Vec::with_capacity(48);
-                this.framing.expired(&mut last);
-                return Self::data(last.into());
+                return Self::data(frames::expired(this.framing).into_body());
             }
         }
         loop {
@@ -166,18 +198,14 @@ impl hyper::body::Body for StreamBody {
                     frame,
                 })) => {
                     this.conn.taken(frame.len());
-                    if id <= this.cursor {
+                    let Some(lost) = this.position.advance(id, evicted_max) else {
                         continue; // already sent from the store's buffer
-                    }
-                    let lost = this.lost || (this.cursor != 0 && evicted_max > this.cursor);
-                    this.lost = false;
-                    this.cursor = id;
+                    };
                     inc(&this.guard.app.stats.delivered);
+                    let frame = frame.into_body();
                     if lost {
-                        let mut gap = Vec::with_capacity(32);
-                        this.framing.lost(&mut gap, id);
                         this.pending = Some(frame);
-                        return Self::data(gap.into());
+                        return Self::data(frames::lost(this.framing, id).into_body());
                     }
                     return Self::data(frame);
                 }
@@ -185,26 +213,22 @@ impl hyper::body::Body for StreamBody {
                     if !this.guard.keys.contains(&key) {
                         continue; // an older incarnation, deleted before we registered
                     }
-                    let mut last = Vec::with_capacity(32 + channel.len());
-                    this.framing.deleted(&mut last, &channel);
                     this.done = true;
-                    return Self::data(last.into());
+                    return Self::data(frames::deleted(this.framing, &channel).into_body());
                 }
                 // The hub dropped our sender: the server is shutting down.
                 Poll::Ready(None) => {
                     this.done = true;
-                    let mut last = Vec::new();
-                    this.framing.shutdown(&mut last);
-                    if last.is_empty() {
-                        return Poll::Ready(None);
-                    }
-                    return Self::data(last.into());
+                    return match frames::shutdown(this.framing) {
+                        Some(last) => Self::data(last.into_body()),
+                        None => Poll::Ready(None),
+                    };
                 }
                 Poll::Pending => break,
             }
         }
         if this.heartbeat.poll_tick(cx).is_ready() {
-            return Self::data(Bytes::from_static(this.framing.heartbeat()));
+            return Self::data(Bytes::from_static(frames::heartbeat(this.framing)));
         }
         Poll::Pending
     }

@@ -1,9 +1,14 @@
-//! `GET /sub/{channel}[,{channel}…]`: long-poll and streams (Server-Sent Events).
+//! `GET /sub/{channel}[,{channel}…]`: long-poll and streams (Server-Sent Events,
+//! newline-delimited JSON, WebSocket).
 //!
-//! Owns the subscriber's side of docs/protocol.md: the two modes. What a request asks for
-//! (channels, cursor from `?since=` and `Last-Event-ID`, `?timeout=`) and the `400`
-//! texts come from holdfast's [`holdfast::subscribe::parse`]; whether it is a stream and
-//! how the stream is framed, from [`Framing::for_request`].
+//! Owns the subscriber's side of docs/protocol.md: the modes. What a request asks for
+//! (channels, cursor from `?since=` and `Last-Event-ID`, `?timeout=`, `?stream=ndjson`)
+//! and the `400` texts come from holdfast's [`holdfast::subscribe::parse`]; whether it is
+//! a stream and which transport, from [`Framing::for_request`] (an upgrade wins, then
+//! `Accept: text/event-stream`, then ndjson). A WebSocket upgrade is checked after the
+//! request's own `400`s and before the token, in holdfast's order: holdfast's
+//! `check_upgrade` (`400`, `426`), then with `--allow-origin` an `Origin` not listed
+//! (`403`).
 //!
 //! Long-poll: ask the store for the oldest message newer than the cursor; if there is
 //! none, the store registers the subscriber on every channel and the request future
@@ -14,14 +19,15 @@
 //! unregisters it from the store and the hub.
 //!
 //! Stream: register the stream in the hub, then drain the store's buffer into the first
-//! frame until the store registers it (same no-gap argument), and hand hyper a
-//! [`StreamBody`] that carries on from there.
+//! frame(s) until the store registers it (same no-gap argument), and hand hyper a
+//! [`StreamBody`] that carries on from there (SSE, ndjson), or answer `101` and leave a
+//! [`WebSocket`] with the connection for after the upgrade.
 //!
 //! Private channels (`--subscribe-key`): after the request parses (its `400`s first), its
 //! token ([`find_token`]: `Authorization`, `?token=`, the `--token-cookie` cookie) must
 //! grant every channel (`SubscribeKey::check`), else `401`/`403` and nothing waits. The
 //! token's `exp` then bounds the request: a long-poll's hold is the smaller of its
-//! timeout and the time left, a stream ends at `exp` with `event: expired`.
+//! timeout and the time left, a stream ends at `exp` with its `expired` signal.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -30,29 +36,39 @@ use holdfast::auth::find_token;
 use holdfast::http::parse::has_token;
 use holdfast::stats::{dec, inc};
 use holdfast::store::{ChannelKey, Cursor, Message, Subscribed};
-use holdfast::stream::{Event, Framing};
+use holdfast::stream::{websocket::check_upgrade, Asks, Event, Framing};
 use hyper::header::{self, HeaderName};
 use hyper::http::request::Parts;
-use hyper::{Response, StatusCode};
+use hyper::upgrade::OnUpgrade;
+use hyper::{Response, StatusCode, Version};
 use tokio::sync::mpsc;
 
+use crate::frames::{self, Frame};
 use crate::guard_io::{ConnShared, InFlight};
+use crate::hub::StreamItem;
 use crate::respond::{self, Body};
 use crate::server::App;
 use crate::stream::{Start, StreamBody, StreamGuard};
+use crate::websocket::{self, WebSocket};
 
 /// The peer's store is built standalone (`Store::new`), which answers every subscribe
 /// itself; only a cluster node's store asks for a backplane read.
 const STANDALONE: &str = "a standalone store never answers Subscribed::Fetch";
 
 const LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
+const SEC_WEBSOCKET_KEY: HeaderName = HeaderName::from_static("sec-websocket-key");
+const SEC_WEBSOCKET_VERSION: HeaderName = HeaderName::from_static("sec-websocket-version");
 
+/// `origin`: the request's allowed CORS origin (0: none or not allowed); `upgrade`:
+/// hyper's handle for taking the connection over (a request with `Upgrade`).
 pub async fn handle(
     app: &Arc<App>,
     conn: &Arc<ConnShared>,
     flight: InFlight,
+    origin: u32,
     parts: &Parts,
     list: &str,
+    upgrade: Option<OnUpgrade>,
 ) -> Response<Body> {
     let query = parts.uri.query().unwrap_or("").as_bytes();
     // The last one, trimmed, as holdfast's head parser takes it.
@@ -60,11 +76,29 @@ pub async fn handle(
     let holds = app.limits.holds;
     // The names are copied out: the parsed request is about 1 KiB (room for 64 names),
     // too much to keep in the future of every parked poll.
-    let (names, cursor, timeout) =
+    let (names, cursor, timeout, ndjson) =
         match holdfast::subscribe::parse(list.as_bytes(), query, last_event_id, holds) {
-            Ok(sub) => (sub.names().to_vec(), sub.cursor, sub.timeout),
+            Ok(sub) => (sub.names().to_vec(), sub.cursor, sub.timeout, sub.ndjson),
             Err(why) => return respond::text(StatusCode::BAD_REQUEST, why),
         };
+    let websocket = lists(parts, header::UPGRADE, b"websocket");
+    if websocket {
+        // Only GETs get here (other methods are `405` for the path).
+        if let Err(bad) = check_upgrade(
+            true,
+            parts.version == Version::HTTP_11,
+            lists(parts, header::CONNECTION, b"upgrade"),
+            last_header(parts, SEC_WEBSOCKET_KEY),
+            last_header(parts, SEC_WEBSOCKET_VERSION),
+        ) {
+            return websocket::refused(bad);
+        }
+        // A browser opens a WebSocket from any page, with its cookies (cross-site
+        // WebSocket hijacking): with --allow-origin, only listed origins may.
+        if app.cors.is_some() && crate::cors::origin(&parts.headers).is_some() && origin == 0 {
+            return respond::text(StatusCode::FORBIDDEN, "origin not allowed\n");
+        }
+    }
     // Private channels: the token is checked once, here, after the request's own syntax
     // and before anything waits; what is kept is how long it has left.
     let token_left = match &app.subscribe_key {
@@ -85,15 +119,10 @@ pub async fn handle(
             }
         }
     };
-    // SSE only for now: ndjson and WebSocket subscribers are holdfast's so far (issue
-    // 14); the peer answers them as long-polls.
-    let framing = Framing::for_request(holdfast::stream::Asks {
-        event_stream: parts
-            .headers
-            .get_all(header::ACCEPT)
-            .iter()
-            .any(|v| has_token(v.as_bytes(), b"text/event-stream")),
-        ..Default::default()
+    let framing = Framing::for_request(Asks {
+        event_stream: lists(parts, header::ACCEPT, b"text/event-stream"),
+        ndjson: ndjson || lists(parts, header::ACCEPT, b"application/x-ndjson"),
+        websocket,
     });
     // A token accepted within the leeway but already past `exp` may read what is
     // buffered, never wait (as in holdfast): no stream, and `401` rather than an empty
@@ -110,7 +139,27 @@ pub async fn handle(
             // `exp` too far ahead for the clock to represent is as good as none).
             let now = tokio::time::Instant::now();
             let expires = token_left.and_then(|left| now.checked_add(left));
-            return open_stream(app, conn, flight, framing, &names, cursor, expires);
+            let ws = match framing {
+                Framing::WebSocket => {
+                    // hyper offers the upgrade for every HTTP/1.1 request with `Upgrade`,
+                    // which `check_upgrade` has required.
+                    let Some(upgrade) = upgrade else {
+                        return respond::text(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "cannot upgrade this connection\n",
+                        );
+                    };
+                    let key = last_header(parts, SEC_WEBSOCKET_KEY).unwrap_or_default();
+                    Some((upgrade, key))
+                }
+                _ => None,
+            };
+            let opened = open_stream(app, conn, flight, framing, &names, cursor, expires);
+            return match (opened, ws) {
+                (Err(refused), _) => refused.response(),
+                (Ok(opened), None) => opened.body(app, conn),
+                (Ok(opened), Some((upgrade, key))) => opened.websocket(app, conn, upgrade, key),
+            };
         }
     }
     // A long-poll is held no longer than its token (none left: answered at once).
@@ -124,6 +173,16 @@ fn token_expired(app: &App) -> Response<Body> {
     respond::token_refused(&holdfast::auth::Denied::Token(
         holdfast::auth::TokenError::Expired,
     ))
+}
+
+/// Whether any `name` header lists `token` (comma-separated, case-insensitive), as
+/// holdfast's head parser takes `Accept`, `Upgrade` and `Connection`.
+fn lists(parts: &Parts, name: HeaderName, token: &[u8]) -> bool {
+    parts
+        .headers
+        .get_all(name)
+        .iter()
+        .any(|v| has_token(v.as_bytes(), token))
 }
 
 /// The last value of header `name`, as holdfast's head parser takes it.
@@ -247,6 +306,34 @@ async fn long_poll(
     }
 }
 
+/// A stream registered in the hub and the store, with what it replays.
+struct Opened {
+    framing: Framing,
+    /// The replay: holdfast's rendering of every buffered message newer than the cursor
+    /// (with a gap signal where one is due), for this transport.
+    first: Vec<Frame>,
+    start: Start,
+    rx: mpsc::UnboundedReceiver<StreamItem>,
+    guard: StreamGuard,
+}
+
+/// Why a stream could not open.
+enum NotOpened {
+    /// Shutdown began: no new streams.
+    ShuttingDown,
+    /// Registering would create a channel beyond `--max-channels`.
+    TooManyChannels,
+}
+
+impl NotOpened {
+    fn response(self) -> Response<Body> {
+        match self {
+            NotOpened::ShuttingDown => respond::shutting_down(),
+            NotOpened::TooManyChannels => respond::too_many_channels(),
+        }
+    }
+}
+
 fn open_stream(
     app: &Arc<App>,
     conn: &Arc<ConnShared>,
@@ -255,15 +342,14 @@ fn open_stream(
     names: &[&str],
     cursor: Cursor,
     expires: Option<tokio::time::Instant>,
-) -> Response<Body> {
+) -> Result<Opened, NotOpened> {
     let named = names.len() > 1;
     let (tx, rx) = mpsc::unbounded_channel();
     conn.open_stream(app.hub.max_backlog());
     let Some(reg) = app.hub.add_stream(names, framing, tx, conn.clone()) else {
-        return respond::shutting_down();
+        return Err(NotOpened::ShuttingDown);
     };
-    let mut first = Vec::with_capacity(512);
-    first.extend_from_slice(framing.preamble());
+    let mut first = Vec::new();
     let mut keys = vec![ChannelKey::NONE; names.len()];
     let group = app.hub.group();
     let mut next = cursor;
@@ -273,12 +359,12 @@ fn open_stream(
             .store
             .subscribe(names, next, Some((group, &mut keys)), now)
         {
-            Err(_) => return respond::too_many_channels(),
+            Err(_) => return Err(NotOpened::TooManyChannels),
             Ok(Subscribed::Ready { msg, lost }) => {
                 if lost {
-                    framing.lost(&mut first, msg.id);
+                    first.push(frames::lost(framing, msg.id));
                 }
-                framing.message(&mut first, &Event::from(&*msg), named);
+                first.push(frames::message(framing, &Event::from(&*msg), named));
                 inc(&app.stats.delivered);
                 next = Cursor::Since(msg.id);
             }
@@ -289,29 +375,82 @@ fn open_stream(
         }
     };
     let (cursor, lost) = cursor;
-    inc(&app.stats.sse_streams);
+    inc(app.stats.streams(framing));
     let guard = StreamGuard {
         app: app.clone(),
+        framing,
         _reg: reg,
         keys,
         _park: conn.park(),
         _flight: flight,
     };
-    let start = Start {
-        first: first.into(),
-        cursor,
-        lost,
-        expires,
-    };
-    let body = StreamBody::new(
+    Ok(Opened {
         framing,
-        start,
+        first,
+        start: Start {
+            cursor,
+            lost,
+            expires,
+        },
         rx,
-        conn.clone(),
-        app.limits.sse_heartbeat,
         guard,
-    );
-    respond::stream(framing, body)
+    })
+}
+
+impl Opened {
+    /// An SSE or ndjson stream: a `200` whose body carries on from the replay.
+    fn body(self, app: &App, conn: &Arc<ConnShared>) -> Response<Body> {
+        let first = match self.framing {
+            // An ndjson line is one chunk.
+            Framing::Ndjson => self.first.into_iter().map(Frame::into_body).collect(),
+            // An event stream is not chunked: the preamble and the replay go out as one.
+            _ => {
+                let preamble = self.framing.preamble();
+                let len = self.first.iter().map(Frame::len).sum::<usize>() + preamble.len();
+                let mut first = Vec::with_capacity(len);
+                first.extend_from_slice(preamble);
+                for frame in self.first {
+                    first.extend_from_slice(&frame.into_body());
+                }
+                if first.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![first.into()]
+                }
+            }
+        };
+        let body = StreamBody::new(
+            self.framing,
+            first,
+            self.start,
+            self.rx,
+            conn.clone(),
+            app.limits.sse_heartbeat,
+            self.guard,
+        );
+        respond::stream(self.framing, body)
+    }
+
+    /// A WebSocket: the `101`, with the stream left for the connection task to run
+    /// once hyper has handed the connection over.
+    fn websocket(
+        self,
+        app: &App,
+        conn: &Arc<ConnShared>,
+        upgrade: OnUpgrade,
+        key: &[u8],
+    ) -> Response<Body> {
+        let ws = WebSocket {
+            first: self.first.into_iter().map(Frame::into_text).collect(),
+            start: self.start,
+            rx: self.rx,
+            conn: conn.clone(),
+            heartbeat: app.limits.sse_heartbeat,
+            guard: self.guard,
+        };
+        conn.set_upgrade(Box::pin(ws.run(upgrade)));
+        websocket::switching_protocols(key)
+    }
 }
 
 #[cfg(test)]
