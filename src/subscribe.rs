@@ -64,28 +64,34 @@ pub fn parse<'a>(
         names[len] = name;
         len += 1;
     }
-    let mut since = None;
-    let mut timeout = holds.default;
-    let mut ndjson = false;
+    // A repeated parameter counts once, with its last value: take the last of each,
+    // then check it.
+    let (mut since_q, mut timeout_q, mut stream_q) = (None, None, None);
     for (k, v) in query_pairs(query) {
         match k {
-            b"since" => since = Some(parse_id(v).ok_or("since must be a message id\n")?),
-            b"timeout" => {
-                timeout = std::str::from_utf8(v)
-                    .ok()
-                    .and_then(|s| parse_duration(s).ok())
-                    .ok_or("timeout must be seconds (or 500ms, 2m)\n")?
-                    .min(holds.max);
-            }
-            b"stream" => {
-                if v != b"ndjson" {
-                    return Err("stream must be ndjson\n");
-                }
-                ndjson = true;
-            }
+            b"since" => since_q = Some(v),
+            b"timeout" => timeout_q = Some(v),
+            b"stream" => stream_q = Some(v),
             _ => {}
         }
     }
+    let mut since = match since_q {
+        Some(v) => Some(parse_id(v).ok_or("since must be a message id\n")?),
+        None => None,
+    };
+    let timeout = match timeout_q {
+        Some(v) => std::str::from_utf8(v)
+            .ok()
+            .and_then(|s| parse_duration(s).ok())
+            .ok_or("timeout must be seconds (or 500ms, 2m)\n")?
+            .min(holds.max),
+        None => holds.default,
+    };
+    let ndjson = match stream_q {
+        Some(b"ndjson") => true,
+        Some(_) => return Err("stream must be ndjson\n"),
+        None => false,
+    };
     // Both given: the newer wins. An EventSource opened with `?since=X` keeps that URL
     // and adds `Last-Event-ID` on reconnect; taking the query alone would replay from X
     // every time.
@@ -113,6 +119,17 @@ pub fn parse_id(v: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_repeated_parameter_counts_once_with_its_last_value() {
+        let p = |q: &str| parse(b"a", q.as_bytes(), None, HOLDS);
+        let s = p("since=x&since=5&timeout=nope&timeout=2&stream=sse&stream=ndjson").unwrap();
+        assert_eq!(s.cursor, Cursor::Since(5));
+        assert_eq!(s.timeout, Duration::from_secs(2));
+        assert!(s.ndjson);
+        assert!(p("stream=ndjson&stream=sse").is_err());
+        assert!(p("since=5&since=x").is_err());
+    }
 
     const HOLDS: Holds = Holds {
         default: Duration::from_secs(30),
