@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use common::http::{request_bytes, IO_TIMEOUT};
 use common::net::{connect_many, raise_fd_limit_for};
-use common::protocol::{get, publish_full, publish_id, stat, stats, wait_stat};
+use common::protocol::{get, publish_full, publish_id, stat, stats, wait_stat, PrivateSubscriber};
 use common::server::{testing_holdfast, Server};
 
 const SUBSCRIBERS: usize = 15_000;
@@ -47,29 +47,8 @@ fn one_publish_reaches_15000_parked_polls() {
 /// publish long after the request, still names the origin.
 #[test]
 fn with_tokens_and_cors_a_parked_poll_still_costs_at_most_64_bytes() {
-    let dir = common::nginx::TempDir::new("fanout-tokens");
-    let secret = "fan-out test secret, at least 32 bytes long";
-    let key = dir.path.join("subscribe.key");
-    std::fs::write(&key, secret).expect("write the key");
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 600;
-    let token = jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &serde_json::json!({"exp": exp, "channels": ["fan*"]}),
-        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()).unwrap(),
-    )
-    .unwrap();
-    let bearer = format!("Bearer {token}");
-    let origin = "http://127.0.0.2:8000";
-    let key = key.display().to_string();
-    fan_out_to_parked_polls(
-        &["--subscribe-key", &key, "--allow-origin", origin],
-        &[("Authorization", &bearer), ("Origin", origin)],
-        Some(origin),
-    );
+    let p = PrivateSubscriber::new("fanout-tokens", &["fan*"]);
+    fan_out_to_parked_polls(&p.flags(), &p.headers(), Some(PrivateSubscriber::ORIGIN));
 }
 
 /// 15 000 long-polls sent with `headers` to a server started with `flags`, parked, one

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::http::IO_TIMEOUT;
 use common::net::{connect_many, raise_fd_limit_for};
-use common::protocol::{publish_full, publish_id, stat, wait_stat};
+use common::protocol::{publish_full, publish_id, stat, wait_stat, PrivateSubscriber};
 use common::server::{testing_holdfast, Server};
 use common::sse::{sse_request_bytes, Sse, SSE_PREAMBLE};
 
@@ -36,29 +36,8 @@ fn one_publish_reaches_15000_sse_streams() {
 /// slot keeps its expiry (4 bytes it already had), so the bound is the same.
 #[test]
 fn with_tokens_and_cors_an_idle_stream_still_costs_at_most_64_bytes() {
-    let dir = common::nginx::TempDir::new("sse-fanout-tokens");
-    let secret = "sse fan-out test secret, at least 32 bytes";
-    let key = dir.path.join("subscribe.key");
-    std::fs::write(&key, secret).expect("write the key");
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 600;
-    let token = jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &serde_json::json!({"exp": exp, "channels": ["fan", "warm"]}),
-        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()).unwrap(),
-    )
-    .unwrap();
-    let bearer = format!("Bearer {token}");
-    let origin = "http://127.0.0.2:8000";
-    let key = key.display().to_string();
-    fan_out_to_streams(
-        &["--subscribe-key", &key, "--allow-origin", origin],
-        &[("Authorization", &bearer), ("Origin", origin)],
-        Some(origin),
-    );
+    let p = PrivateSubscriber::new("sse-fanout-tokens", &["fan", "warm"]);
+    fan_out_to_streams(&p.flags(), &p.headers(), Some(PrivateSubscriber::ORIGIN));
 }
 
 /// 15 000 streams opened with `headers` on a server started with `flags`; one publish

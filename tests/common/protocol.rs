@@ -141,3 +141,50 @@ pub fn assert_delivery(r: &Response, channel: &str, body: &[u8]) -> String {
     id_num(&id);
     id
 }
+
+/// A server set up for private channels and CORS, and what a subscriber then sends: an
+/// HMAC key file in a temp dir, an HS256 token granting `channels` for ten minutes,
+/// and an allowed origin (the memory tests, fanout.rs and sse_fanout.rs).
+pub struct PrivateSubscriber {
+    /// Keeps the key file while the server runs.
+    _dir: super::nginx::TempDir,
+    key: String,
+    bearer: String,
+}
+
+impl PrivateSubscriber {
+    pub const ORIGIN: &'static str = "http://127.0.0.2:8000";
+
+    pub fn new(tag: &str, channels: &[&str]) -> PrivateSubscriber {
+        let dir = super::nginx::TempDir::new(tag);
+        let secret = "a test secret of at least 32 bytes, for HS256";
+        let key = dir.path.join("subscribe.key");
+        std::fs::write(&key, secret).expect("write the key");
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_secs()
+            + 600;
+        let token = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &serde_json::json!({"exp": exp, "channels": channels}),
+            &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()).expect("HMAC key"),
+        )
+        .expect("sign the token");
+        PrivateSubscriber {
+            key: key.display().to_string(),
+            bearer: format!("Bearer {token}"),
+            _dir: dir,
+        }
+    }
+
+    /// The server's flags: `--subscribe-key` and `--allow-origin`.
+    pub fn flags(&self) -> [&str; 4] {
+        ["--subscribe-key", &self.key, "--allow-origin", Self::ORIGIN]
+    }
+
+    /// A subscriber's headers: the token and the allowed origin.
+    pub fn headers(&self) -> [(&str, &str); 2] {
+        [("Authorization", &self.bearer), ("Origin", Self::ORIGIN)]
+    }
+}
