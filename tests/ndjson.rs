@@ -16,23 +16,17 @@
 
 mod common;
 
-use std::fs;
-use std::net::{SocketAddr, TcpStream};
-use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-use common::http::{Conn, IO_TIMEOUT};
-use common::nginx::{Nginx, TempDir};
-use common::protocol::{id_num, park, publish, request, stat, wait_stat};
+use common::http::Conn;
+use common::nginx::Nginx;
+use common::protocol::{park, publish, request, stat, wait_stat};
 use common::server::Server;
 use common::sse::Sse;
-use common::ws::{
-    binary_message, deleted, id_and_data, lost, message, publish_pipelined, Ndjson, NoLine,
-};
+use common::streams;
+use common::ws::{binary_message, deleted, lost, message, Ndjson, NoLine};
 
 const SEC: Duration = Duration::from_secs(1);
 const MS: Duration = Duration::from_millis(1);
@@ -42,14 +36,6 @@ const ACCEPT_NDJSON: (&str, &str) = ("Accept", "application/x-ndjson");
 /// Waits until `/stats` `ndjson_streams` is `n`.
 fn wait_nd(s: &Server, n: u64) {
     wait_stat(s.admin, "ndjson_streams", n, 10 * SEC);
-}
-
-/// Opens an ndjson stream (the `Accept` form) and waits until the server counts `open`
-/// of them, so a publish that follows reaches it.
-fn open(s: &Server, path: &str, open: u64) -> Ndjson {
-    let n = Ndjson::open(s.public, path);
-    wait_nd(s, open);
-    n
 }
 
 /// The next object must be exactly `want`.
@@ -373,21 +359,8 @@ const SECRET: &str = "holdfast-ndjson-test-secret-0123456789";
 /// `streams_expired` counts it.
 #[test]
 fn an_expiring_token_ends_the_stream_with_expired_then_the_end() {
-    let dir = TempDir::new("nd-token");
-    let key = dir.path.join("subscribe.key");
-    fs::write(&key, format!("{SECRET}\n")).expect("write the key");
-    let s = Server::start(&["--subscribe-key", key.to_str().expect("utf-8 path")]);
-    let exp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_secs()
-        + 6;
-    let token = encode(
-        &Header::new(Algorithm::HS256),
-        &json!({"channels": ["tick"], "exp": exp}),
-        &EncodingKey::from_secret(SECRET.as_bytes()).expect("an HMAC key"),
-    )
-    .expect("sign");
+    let (_dir, s) = streams::server_with_subscribe_key("nd-token", SECRET);
+    let (token, exp) = streams::token_expiring_in(SECRET, "tick", 6);
     let mut n = Ndjson::open(s.public, &format!("/sub/tick?token={token}"));
     wait_nd(&s, 1);
     let id = publish(s.admin, "tick", "before expiry");
@@ -433,178 +406,25 @@ fn ndjson_streams_stat_counts_open_streams() {
     drop((sse, poll));
 }
 
-/// A client socket with a small receive buffer, so the server sees backpressure soon.
-fn connect_small_rcvbuf(to: SocketAddr, bytes: usize) -> TcpStream {
-    let sock = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).expect("socket");
-    sock.set_recv_buffer_size(bytes).expect("SO_RCVBUF");
-    sock.connect_timeout(&SockAddr::from(to), IO_TIMEOUT)
-        .unwrap_or_else(|e| panic!("connect {to}: {e}"));
-    sock.into()
-}
-
 /// Guards `--stream-max-backlog` on ndjson: a stream that never reads while large
 /// messages are published is cut off (`ndjson_streams` goes to 0) without a terminating
 /// chunk; what it got is an in-order prefix, and resuming with `?since=` its last id
-/// delivers every later message (all still buffered) once, with no gap signal.
+/// delivers every later message (all still buffered) once, with no gap signal. The
+/// scenario is `common::streams`', shared with tests/websocket.rs.
 #[test]
 fn a_stream_that_never_reads_is_cut_off_and_resumes_with_since() {
-    const SIZE: usize = 60_000;
-    const MAX_PUBLISHES: usize = 600;
-    let s = Server::start(&[
-        "--stream-max-backlog",
-        "64KiB",
-        "--max-message-size",
-        "64KiB",
-        "--buffer-messages",
-        "1000",
-    ]);
-    let payload = |i: usize| {
-        let mut p = format!("message {i:06} ").into_bytes();
-        p.resize(SIZE, b'a' + (i % 26) as u8);
-        String::from_utf8(p).expect("ascii")
-    };
-    let mut slow = Ndjson::request_on(
-        Conn::from_stream(connect_small_rcvbuf(s.public, 4096)),
-        "/sub/bp",
-        &[ACCEPT_NDJSON],
-    );
-    slow.assert_stream_head();
-    wait_nd(&s, 1);
-    let t = Instant::now();
-    let mut published = Vec::new();
-    let mut cut = false;
-    for i in 0..MAX_PUBLISHES {
-        if t.elapsed() > 60 * SEC {
-            break;
-        }
-        published.push(publish(s.admin, "bp", payload(i)));
-        if stat(s.admin, "ndjson_streams") == 0 {
-            cut = true;
-            break;
-        }
-    }
-    assert!(
-        cut,
-        "a stream that never reads was not cut off after {} messages of {SIZE} bytes",
-        published.len()
-    );
-    let mut got: Vec<String> = Vec::new();
-    let deadline = Instant::now() + 30 * SEC;
-    loop {
-        match slow.poll_object_line(deadline) {
-            Ok(l) => {
-                let v: Value = serde_json::from_str(&l).expect("a JSON line");
-                let (id, data) = id_and_data(&v);
-                assert_eq!(data, payload(got.len()), "message {}", got.len());
-                got.push(id);
-            }
-            Err(NoLine::Closed { .. }) => break,
-            Err(e) => panic!("the cut-off stream: {e:?} (a cut has no terminating chunk)"),
-        }
-    }
-    assert!(
-        got.len() < published.len(),
-        "the cut-off stream got everything"
-    );
-    assert_eq!(got[..], published[..got.len()], "an in-order prefix");
-    let since = got.last().map_or("0", |s| s.as_str());
-    let mut again = Ndjson::open(s.public, &format!("/sub/bp?since={since}"));
-    for (i, id) in published.iter().enumerate().skip(got.len()) {
-        assert_eq!(
-            again.object(),
-            message(id, "bp", &payload(i)),
-            "resumed {i}"
-        );
-    }
-    again.quiet_for(300 * MS);
-}
-
-/// Reads `n` message objects of `channel` within `within` in all.
-fn read_messages(
-    nd: &mut Ndjson,
-    n: usize,
-    channel: &str,
-    within: Duration,
-) -> Vec<(String, String)> {
-    let deadline = Instant::now() + within;
-    let mut out = Vec::with_capacity(n);
-    while out.len() < n {
-        let l = match nd.poll_object_line(deadline) {
-            Ok(l) => l,
-            Err(e) => panic!(
-                "only {} of {n} messages within {within:?}: {e:?}",
-                out.len()
-            ),
-        };
-        let v: Value = serde_json::from_str(&l).unwrap_or_else(|e| panic!("{e}: {l:?}"));
-        assert_eq!(v["channel"], channel, "message {}: {v}", out.len());
-        out.push(id_and_data(&v));
-    }
-    out
+    streams::never_reading_is_cut_off_and_resumes_with_since::<Ndjson>();
 }
 
 /// Guards delivery under volume and resumption on ndjson: 10,000 messages published
 /// back to back (pipelined) arrive each exactly once, in order, ids strictly
 /// increasing; then the connection is dropped mid-stream while 2,000 more are
 /// published, and a new stream with `?since=` the last id received gets exactly the
-/// rest: nothing lost, nothing repeated, no gap signal.
+/// rest: nothing lost, nothing repeated, no gap signal. The scenario is
+/// `common::streams`', shared with tests/websocket.rs.
 #[test]
 fn ten_thousand_messages_once_in_order_and_a_dropped_stream_resumes_exactly() {
-    const N: usize = 10_000;
-    const M: usize = 2_000;
-    let s = Server::start(&[
-        "--buffer-messages",
-        "16384",
-        "--stream-max-backlog",
-        "16MiB",
-    ]);
-    let mut nd = open(&s, "/sub/bulk", 1);
-    let admin = s.admin;
-    let t = Instant::now();
-    let publisher = thread::spawn(move || {
-        let payloads = (0..N).map(|i| format!("m{i}").into_bytes()).collect();
-        publish_pipelined(admin, "bulk", payloads)
-    });
-    let got = read_messages(&mut nd, N, "bulk", 90 * SEC);
-    let ids = publisher.join().expect("publisher");
-    eprintln!(
-        "{N} messages published and received in {:?} ({} chunks)",
-        t.elapsed(),
-        nd.chunks
-    );
-    for (i, (id, data)) in got.iter().enumerate() {
-        assert_eq!(*data, format!("m{i}"), "message {i}");
-        assert_eq!(*id, ids[i], "message {i}'s id");
-        if i > 0 {
-            assert!(
-                id_num(id) > id_num(&got[i - 1].0),
-                "ids not increasing at {i}"
-            );
-        }
-    }
-    nd.quiet_for(200 * MS);
-
-    let publisher = thread::spawn(move || {
-        let payloads = (N..N + M).map(|i| format!("m{i}").into_bytes()).collect();
-        publish_pipelined(admin, "bulk", payloads)
-    });
-    let before = read_messages(&mut nd, M / 4, "bulk", 60 * SEC);
-    drop(nd);
-    let ids = publisher.join().expect("publisher");
-    wait_nd(&s, 0);
-    let last = &before.last().expect("some messages").0;
-    let mut nd = Ndjson::open(s.public, &format!("/sub/bulk?since={last}"));
-    let after = read_messages(&mut nd, M - M / 4, "bulk", 60 * SEC);
-    for (i, (id, data)) in before.iter().chain(after.iter()).enumerate() {
-        assert_eq!(
-            *data,
-            format!("m{}", N + i),
-            "message {} after the drop",
-            N + i
-        );
-        assert_eq!(*id, ids[i], "message {}'s id", N + i);
-    }
-    nd.quiet_for(300 * MS);
+    streams::ten_thousand_once_in_order_then_a_dropped_one_resumes::<Ndjson>();
 }
 
 /// Guards ndjson through nginx with the shipped `tuning/nginx.conf`: the head reaches

@@ -6,10 +6,7 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
-
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use common::http::{Conn, IO_TIMEOUT};
 use common::protocol::{
@@ -17,6 +14,7 @@ use common::protocol::{
 };
 use common::server::Server;
 use common::sse::{Sse, SseEvent, SSE_PREAMBLE};
+use common::streams::{connect_small_rcvbuf, sized_payload};
 
 const SEC: Duration = Duration::from_secs(1);
 const MS: Duration = Duration::from_millis(1);
@@ -502,15 +500,6 @@ fn idle_stream_gets_a_heartbeat_comment_every_interval() {
     assert_eq!(c.block(), text_event(&id, None, &["after beats"]));
 }
 
-/// A client socket with a small receive buffer, so the server sees backpressure soon.
-fn connect_small_rcvbuf(to: SocketAddr, bytes: usize) -> TcpStream {
-    let sock = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).expect("socket");
-    sock.set_recv_buffer_size(bytes).expect("SO_RCVBUF");
-    sock.connect_timeout(&SockAddr::from(to), IO_TIMEOUT)
-        .unwrap_or_else(|e| panic!("connect {to}: {e}"));
-    sock.into()
-}
-
 #[test]
 fn stream_that_stops_reading_is_cut_off_while_a_reader_gets_everything() {
     const SIZE: usize = 60_000;
@@ -524,11 +513,7 @@ fn stream_that_stops_reading_is_cut_off_while_a_reader_gets_everything() {
         "--buffer-messages",
         "4",
     ]);
-    let payload = |i: usize| {
-        let mut p = format!("message {i:06} ").into_bytes();
-        p.resize(SIZE, b'a' + (i % 26) as u8);
-        p
-    };
+    let payload = |i: usize| sized_payload(i, SIZE).into_bytes();
     // Warm-up: one message of full size through publish and a stream.
     let mut fast = Sse::open(s.public, "/sub/bp", &[]);
     let warm = pub_id(&s, "bp", payload(0));
@@ -670,11 +655,7 @@ fn slow_reader_within_the_backlog_catches_up_and_loses_nothing() {
         &[],
     );
     wait_stat(s.admin, "sse_streams", 1, 5 * SEC);
-    let payload = |i: usize| {
-        let mut p = format!("message {i:06} ").into_bytes();
-        p.resize(SIZE, b'a' + (i % 26) as u8);
-        p
-    };
+    let payload = |i: usize| sized_payload(i, SIZE).into_bytes();
     let ids: Vec<String> = (0..COUNT)
         .map(|i| pub_id(&s, "catch", payload(i)))
         .collect();

@@ -22,26 +22,24 @@ mod common;
 
 use std::fs;
 use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
-use serde_json::{json, Value};
-use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+use serde_json::Value;
 
-use common::http::{assert_close_is_consistent, Conn, Response, IO_TIMEOUT};
-use common::nginx::{Nginx, TempDir};
-use common::protocol::{id_num, park, publish, request, stat, wait_stat};
+use common::http::{assert_close_is_consistent, Conn, Response};
+use common::nginx::Nginx;
+use common::protocol::{park, publish, request, stat, wait_stat};
 use common::server::{testing_holdfast, Server};
 use common::sse::Sse;
+use common::streams;
 use common::ws::{
-    self, accept_for, binary_message, client_frame, close_payload, deleted, frame_head,
-    id_and_data, lost, masked, message, publish_pipelined, random_key, sha1, upgrade_request,
-    Frame, NoFrame, Ws, BINARY, CLOSE, CONTINUATION, PING, PONG, RFC_ACCEPT, RFC_KEY, TEXT,
+    self, accept_for, binary_message, client_frame, close_payload, deleted, frame_head, lost,
+    masked, message, random_key, sha1, upgrade_request, Frame, NoFrame, Ws, BINARY, CLOSE,
+    CONTINUATION, PING, PONG, RFC_ACCEPT, RFC_KEY, TEXT,
 };
 
 const SEC: Duration = Duration::from_secs(1);
@@ -582,10 +580,7 @@ const SECRET: &str = "holdfast-websocket-test-secret-0123456789";
 /// upgrade is refused `401` as an HTTP answer.
 #[test]
 fn an_expiring_token_ends_the_socket_with_expired_then_close_1008() {
-    let dir = TempDir::new("ws-token");
-    let key = dir.path.join("subscribe.key");
-    fs::write(&key, format!("{SECRET}\n")).expect("write the key");
-    let s = Server::start(&["--subscribe-key", key.to_str().expect("utf-8 path")]);
+    let (_dir, s) = streams::server_with_subscribe_key("ws-token", SECRET);
 
     let r = refused(
         &s,
@@ -594,17 +589,7 @@ fn an_expiring_token_ends_the_socket_with_expired_then_close_1008() {
     );
     assert_eq!(r.status, 401, "{}", r.brief());
 
-    let exp = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_secs()
-        + 6;
-    let token = encode(
-        &Header::new(Algorithm::HS256),
-        &json!({"channels": ["tick"], "exp": exp}),
-        &EncodingKey::from_secret(SECRET.as_bytes()).expect("an HMAC key"),
-    )
-    .expect("sign");
+    let (token, exp) = streams::token_expiring_in(SECRET, "tick", 6);
     let mut w = Ws::connect(s.public, &format!("/sub/tick?token={token}"), &[]);
     wait_ws(&s, 1);
     let id = publish(s.admin, "tick", "before expiry");
@@ -854,104 +839,15 @@ fn protocol_errors_get_1002_and_a_bad_close_reason_1007() {
 // Slow readers, counters, volume
 // ---------------------------------------------------------------------------------
 
-/// A client socket with a small receive buffer, so the server sees backpressure soon.
-fn connect_small_rcvbuf(to: SocketAddr, bytes: usize) -> TcpStream {
-    let sock = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).expect("socket");
-    sock.set_recv_buffer_size(bytes).expect("SO_RCVBUF");
-    sock.connect_timeout(&SockAddr::from(to), IO_TIMEOUT)
-        .unwrap_or_else(|e| panic!("connect {to}: {e}"));
-    sock.into()
-}
-
 /// Guards `--stream-max-backlog` on a WebSocket: a socket that never reads while large
 /// messages are published is cut off (`websockets` goes to 0) without a close frame;
 /// what it did receive is an in-order prefix of what was published, and resuming with
 /// `?since=` its last id delivers every later message (all still buffered) exactly
-/// once, with no gap signal.
+/// once, with no gap signal. The scenario is `common::streams`', shared with
+/// tests/ndjson.rs.
 #[test]
 fn a_socket_that_never_reads_is_cut_off_and_resumes_with_since() {
-    const SIZE: usize = 60_000;
-    const MAX_PUBLISHES: usize = 600;
-    let s = Server::start(&[
-        "--stream-max-backlog",
-        "64KiB",
-        "--max-message-size",
-        "64KiB",
-        "--buffer-messages",
-        "1000",
-    ]);
-    let payload = |i: usize| {
-        let mut p = format!("message {i:06} ").into_bytes();
-        p.resize(SIZE, b'a' + (i % 26) as u8);
-        String::from_utf8(p).expect("ascii")
-    };
-    let mut slow = Ws::upgrade(
-        Conn::from_stream(connect_small_rcvbuf(s.public, 4096)),
-        "/sub/bp",
-        &[],
-    );
-    wait_ws(&s, 1);
-    let t = Instant::now();
-    let mut published: Vec<String> = Vec::new();
-    let mut cut = false;
-    for i in 0..MAX_PUBLISHES {
-        if t.elapsed() > 60 * SEC {
-            break;
-        }
-        published.push(publish(s.admin, "bp", payload(i)));
-        if stat(s.admin, "websockets") == 0 {
-            cut = true;
-            break;
-        }
-    }
-    assert!(
-        cut,
-        "a socket that never reads was not cut off after {} messages of {SIZE} bytes in \
-         {:?} with --stream-max-backlog 64KiB",
-        published.len(),
-        t.elapsed()
-    );
-    eprintln!(
-        "cut off after {} messages in {:?}",
-        published.len(),
-        t.elapsed()
-    );
-    // What the kernel held for it: complete message frames, in order, maybe a cut
-    // frame at the end, and never a close frame.
-    let mut got: Vec<String> = Vec::new();
-    let deadline = Instant::now() + 30 * SEC;
-    loop {
-        match slow.poll_frame(deadline) {
-            Ok(f) => {
-                assert_ne!(f.opcode, CLOSE, "a cut-off socket got a close frame");
-                if f.opcode == PING {
-                    continue;
-                }
-                let (id, data) = id_and_data(&f.object());
-                assert_eq!(data, payload(got.len()), "message {} payload", got.len());
-                got.push(id);
-            }
-            Err(NoFrame::Closed { .. }) => break,
-            Err(NoFrame::Timeout) => panic!("the cut-off socket stayed open"),
-        }
-    }
-    assert!(
-        got.len() < published.len(),
-        "the cut-off socket got everything"
-    );
-    assert_eq!(got[..], published[..got.len()], "an in-order prefix");
-
-    let since = got.last().map_or("0", |s| s.as_str());
-    let mut again = Ws::connect(s.public, &format!("/sub/bp?since={since}"), &[]);
-    for (i, id) in published.iter().enumerate().skip(got.len()) {
-        let v = again.object();
-        assert_eq!(
-            v,
-            message(id, "bp", &payload(i)),
-            "resumed message {i} (objects are compared whole)"
-        );
-    }
-    again.quiet_for(300 * MS);
+    streams::never_reading_is_cut_off_and_resumes_with_since::<Ws>();
 }
 
 /// Guards the `/stats` `websockets` gauge: it counts open sockets (not SSE streams,
@@ -986,85 +882,15 @@ fn websockets_stat_counts_open_sockets() {
     wait_stat(s.admin, "parked", 0, 5 * SEC);
 }
 
-/// Reads `n` message objects from `w` within `within` in all, asserting each is a
-/// message of `channel`; returns (id, data) pairs. Panics naming how many arrived.
-fn read_messages(w: &mut Ws, n: usize, channel: &str, within: Duration) -> Vec<(String, String)> {
-    let deadline = Instant::now() + within;
-    let mut out = Vec::with_capacity(n);
-    while out.len() < n {
-        let f = match w.poll_data(deadline) {
-            Ok(f) => f,
-            Err(e) => panic!(
-                "only {} of {n} messages within {within:?}: {e:?}",
-                out.len()
-            ),
-        };
-        let v = f.object();
-        assert_eq!(v["channel"], channel, "message {}: {v}", out.len());
-        out.push(id_and_data(&v));
-    }
-    out
-}
-
 /// Guards delivery under volume and resumption: 10,000 messages published back to
 /// back (pipelined) reach a WebSocket each exactly once, in order, ids strictly
 /// increasing; then, while 2,000 more are published, the socket is dropped mid-stream
 /// and a new one with `?since=` the last id received gets exactly the rest: nothing
-/// lost, nothing repeated, no gap signal.
+/// lost, nothing repeated, no gap signal. The scenario is `common::streams`', shared
+/// with tests/ndjson.rs.
 #[test]
 fn ten_thousand_messages_once_in_order_and_a_dropped_socket_resumes_exactly() {
-    const N: usize = 10_000;
-    const M: usize = 2_000;
-    let s = Server::start(&[
-        "--buffer-messages",
-        "16384",
-        "--stream-max-backlog",
-        "16MiB",
-    ]);
-    let mut w = open(&s, "/sub/bulk", 1);
-    let admin = s.admin;
-    let t = Instant::now();
-    let publisher = thread::spawn(move || {
-        let payloads = (0..N).map(|i| format!("m{i}").into_bytes()).collect();
-        publish_pipelined(admin, "bulk", payloads)
-    });
-    let got = read_messages(&mut w, N, "bulk", 90 * SEC);
-    let ids = publisher.join().expect("publisher");
-    eprintln!("{N} messages published and received in {:?}", t.elapsed());
-    for (i, (id, data)) in got.iter().enumerate() {
-        assert_eq!(*data, format!("m{i}"), "message {i}");
-        assert_eq!(*id, ids[i], "message {i}'s id");
-        if i > 0 {
-            assert!(
-                id_num(id) > id_num(&got[i - 1].0),
-                "ids not increasing at {i}"
-            );
-        }
-    }
-    w.quiet_for(200 * MS);
-
-    let publisher = thread::spawn(move || {
-        let payloads = (N..N + M).map(|i| format!("m{i}").into_bytes()).collect();
-        publish_pipelined(admin, "bulk", payloads)
-    });
-    let before = read_messages(&mut w, M / 4, "bulk", 60 * SEC);
-    drop(w);
-    let ids = publisher.join().expect("publisher");
-    wait_ws(&s, 0);
-    let last = &before.last().expect("some messages").0;
-    let mut w = Ws::connect(s.public, &format!("/sub/bulk?since={last}"), &[]);
-    let after = read_messages(&mut w, M - M / 4, "bulk", 60 * SEC);
-    let all: Vec<&(String, String)> = before.iter().chain(after.iter()).collect();
-    for (i, (id, data)) in all.iter().enumerate() {
-        assert_eq!(
-            *data,
-            format!("m{}", N + i),
-            "message {} after the drop",
-            N + i
-        );
-        assert_eq!(*id, ids[i], "message {}'s id", N + i);
-    }
-    w.quiet_for(300 * MS);
+    streams::ten_thousand_once_in_order_then_a_dropped_one_resumes::<Ws>();
 }
 
 // ---------------------------------------------------------------------------------

@@ -69,3 +69,8 @@ pub mod cluster;
 /// The raw WebSocket client and the JSON envelope (websocket.rs, ndjson.rs).
 #[allow(dead_code)]
 pub mod ws;
+
+/// Scenarios the stream transports share, run over either (`ObjectStream` for `Ws` and
+/// `Ndjson`); the small-receive-buffer socket (websocket.rs, ndjson.rs, sse.rs).
+#[allow(dead_code)]
+pub mod streams;
