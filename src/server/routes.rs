@@ -338,7 +338,7 @@ impl Worker {
     /// for an allowed origin; `403` for any other.
     fn preflight(&mut self, req: &Request<'_>) -> Outcome {
         if self.origin == 0 {
-            return self.text(req, 403, "origin not allowed\n");
+            return self.origin_not_allowed(req);
         }
         let lines = match &self.shared.cors {
             Some(c) => c.preflight_lines(self.origin),
@@ -359,6 +359,11 @@ impl Worker {
             payload: None,
             close: false,
         }
+    }
+
+    /// `403` for a preflight or WebSocket upgrade from an origin not listed.
+    fn origin_not_allowed(&mut self, req: &Request<'_>) -> Outcome {
+        self.text(req, 403, "origin not allowed\n")
     }
 
     /// `401` / `403` for a subscribe whose token does not let it in.
@@ -403,7 +408,7 @@ impl Worker {
             // A browser opens a WebSocket from any page, with its cookies (cross-site
             // WebSocket hijacking): with --allow-origin, only listed origins may.
             if self.shared.cors.is_some() && req.origin.is_some() && self.origin == 0 {
-                return self.text(req, 403, "origin not allowed\n");
+                return self.origin_not_allowed(req);
             }
         }
         // Private channels: the token is checked once, here, before anything waits;

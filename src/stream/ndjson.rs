@@ -32,8 +32,14 @@ fn chunk(out: &mut Vec<u8>, line: impl FnOnce(&mut Vec<u8>)) {
     line(out);
     out.push(b'\n');
     let len = out.len() - start;
-    let size = format!("{len:x}\r\n");
-    out.splice(start..start, size.bytes());
+    // The size line, in hex, without allocating: at most 16 digits and CRLF.
+    let mut size = [0u8; 18];
+    let digits = (len.max(1).ilog2() / 4 + 1) as usize;
+    for (i, d) in size[..digits].iter_mut().enumerate() {
+        *d = b"0123456789abcdef"[(len >> (4 * (digits - 1 - i))) & 0xf];
+    }
+    size[digits..digits + 2].copy_from_slice(b"\r\n");
+    out.splice(start..start, size[..digits + 2].iter().copied());
     out.extend_from_slice(b"\r\n");
 }
 
@@ -75,6 +81,17 @@ mod tests {
         let mut out = vec![];
         let used = d.decode(body, &mut out, u64::MAX).unwrap();
         (out, d.is_done() && used == body.len())
+    }
+
+    #[test]
+    fn chunk_sizes_are_hex_without_leading_zeros() {
+        for len in [1usize, 15, 16, 255, 256, 4095, 70_000] {
+            let mut out = vec![];
+            chunk(&mut out, |o| o.resize(len - 1, b'x'));
+            let head = format!("{len:x}\r\n");
+            assert!(out.starts_with(head.as_bytes()), "{len}: {:?}", &out[..8]);
+            assert_eq!(out.len(), head.len() + len + 2);
+        }
     }
 
     #[test]
