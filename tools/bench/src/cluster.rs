@@ -20,15 +20,13 @@
 use crate::measure::{self, Cpu};
 use crate::procs::Proc;
 use crate::scenarios::{self, div, Env, Params, Row, Sample, Scenario};
-use crate::server::{self, Kind, Server, TempDir};
+use crate::server::{self, Kind, Server, TempDir, FLOOR};
 use holdfast_stress::report::{self as stress_report, Latency};
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -288,65 +286,6 @@ fn cmdstat_calls(info: &str, cmd: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Stands in for node i > 0 in the stress tool's `--admin` list. The stress tool sends
-/// each message through every admin address it is given, which is right for separate
-/// standalone servers (each has its own subscribers) but on a cluster would be K
-/// publishes, each reaching every subscriber. The relay forwards `GET /stats` (the
-/// stress tool reads it to know the node holds its share) to the node's real admin
-/// listener and answers a publish `201` without publishing anything, so the cluster
-/// sees exactly one publish: the one the stress tool sends to node 0's admin listener.
-struct NullAdmin {
-    addr: SocketAddr,
-    swallowed: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl NullAdmin {
-    fn start(node_admin: SocketAddr) -> io::Result<NullAdmin> {
-        let listener = TcpListener::bind("127.0.0.1:0")?;
-        listener.set_nonblocking(true)?;
-        let addr = listener.local_addr()?;
-        let swallowed = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let (swallowed, stop) = (swallowed.clone(), stop.clone());
-            std::thread::spawn(move || {
-                // Ends when the relay is dropped; each request is bounded by its
-                // timeouts.
-                while !stop.load(Ordering::Relaxed) {
-                    match listener.accept() {
-                        Ok((c, _)) => {
-                            let _ = relay_one(c, node_admin, &swallowed);
-                        }
-                        Err(_) => std::thread::sleep(Duration::from_millis(2)),
-                    }
-                }
-            })
-        };
-        Ok(NullAdmin {
-            addr,
-            swallowed,
-            stop,
-            thread: Some(thread),
-        })
-    }
-
-    /// Publishes answered without publishing.
-    fn swallowed(&self) -> u64 {
-        self.swallowed.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for NullAdmin {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
@@ -359,72 +298,22 @@ fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
-/// Reads one request from `c` and answers it (see [`NullAdmin`]), then closes.
-fn relay_one(mut c: TcpStream, node_admin: SocketAddr, swallowed: &AtomicU64) -> io::Result<()> {
-    c.set_nonblocking(false)?;
-    let t = Duration::from_secs(2);
-    c.set_read_timeout(Some(t))?;
-    c.set_write_timeout(Some(t))?;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let head_end = loop {
-        if let Some(i) = find(&buf, b"\r\n\r\n") {
-            break i + 4;
-        }
-        if buf.len() > 64 * 1024 {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "head too long"));
-        }
-        let n = c.read(&mut chunk)?;
-        if n == 0 {
-            return Ok(());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let len: usize = header(&head, "content-length")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-        .min(1 << 20);
-    while buf.len() < head_end + len {
-        let n = c.read(&mut chunk)?;
-        if n == 0 {
-            break;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    let mut words = head.split_whitespace();
-    let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-    let (status, body) = match (method, path) {
-        ("GET", "/stats") => match server::http_get(node_admin, "/stats") {
-            Ok(b) => ("200 OK", b),
-            Err(e) => ("502 Bad Gateway", format!("{e}\n")),
-        },
-        ("POST" | "PUT", p) if p.starts_with("/pub/") => {
-            swallowed.fetch_add(1, Ordering::Relaxed);
-            ("201 Created", r#"{"relay":"not published"}"#.to_string())
-        }
-        _ => ("404 Not Found", String::new()),
-    };
-    write!(
-        c,
-        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n{body}",
-        body.len()
-    )
-}
-
 /// What runs in one measurement: a standalone node, or K nodes on the Redis.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Setup {
     Standalone,
     Cluster(u32),
+    /// K `holdfast-floor` processes with the subscribers spread as over K nodes, each
+    /// published to through its own admin address (the floor has no backplane): what
+    /// the kernel alone costs for the same connections and writes.
+    Floor(u32),
 }
 
 impl Setup {
     fn nodes(self) -> u32 {
         match self {
             Setup::Standalone => 1,
-            Setup::Cluster(k) => k,
+            Setup::Cluster(k) | Setup::Floor(k) => k,
         }
     }
 
@@ -433,6 +322,8 @@ impl Setup {
             Setup::Standalone => "holdfast standalone".into(),
             Setup::Cluster(1) => "holdfast cluster, 1 node".into(),
             Setup::Cluster(k) => format!("holdfast cluster, {k} nodes"),
+            Setup::Floor(1) => format!("{FLOOR}, 1 process"),
+            Setup::Floor(k) => format!("{FLOOR}, {k} processes"),
         }
     }
 
@@ -440,15 +331,20 @@ impl Setup {
         match self {
             Setup::Standalone => "standalone".into(),
             Setup::Cluster(k) => format!("cluster{k}"),
+            Setup::Floor(k) => format!("floor{k}"),
         }
     }
 }
 
-/// Standalone, one cluster node, and K cluster nodes (K from `--cluster-nodes`).
-fn setups(p: &Params) -> Vec<Setup> {
+/// Standalone, one cluster node, K cluster nodes (K from `--cluster-nodes`), and the
+/// floor over K processes when it is among the servers.
+fn setups(p: &Params, floor: bool) -> Vec<Setup> {
     let mut v = vec![Setup::Standalone, Setup::Cluster(1)];
     if p.cluster_nodes > 1 {
         v.push(Setup::Cluster(p.cluster_nodes));
+    }
+    if floor {
+        v.push(Setup::Floor(p.cluster_nodes));
     }
     v
 }
@@ -461,8 +357,16 @@ fn start_nodes(
     setup: Setup,
     tag: &str,
 ) -> io::Result<Vec<Server>> {
+    if let Setup::Floor(k) = setup {
+        return (0..k)
+            .map(|i| {
+                let log = env.logs.join(format!("{FLOOR}-{tag}-node{i}.log"));
+                Server::start_floor(&env.floor, &log)
+            })
+            .collect();
+    }
     let extra: Vec<String> = match setup {
-        Setup::Standalone => Vec::new(),
+        Setup::Standalone | Setup::Floor(_) => Vec::new(),
         Setup::Cluster(_) => vec![
             "--redis".into(),
             redis.url(),
@@ -495,10 +399,10 @@ fn failed_row(s: Scenario, label: &str, n: u64, nodes: u32, e: &io::Error) -> Ro
 }
 
 /// The cluster fan-out at every `--cluster-n`, each in every [`Setup`].
-pub fn cluster_fanout(env: &Env, p: &Params, redis: &Redis) -> Vec<Row> {
+pub fn cluster_fanout(env: &Env, p: &Params, redis: &Redis, floor: bool) -> Vec<Row> {
     let mut rows = Vec::new();
     for &n in &p.cluster_n {
-        for setup in setups(p) {
+        for setup in setups(p, floor) {
             eprintln!("holdfast-bench: cluster_fanout N={n} {}", setup.label());
             rows.push(fanout_one(env, p, redis, n, setup).unwrap_or_else(|e| {
                 failed_row(
@@ -529,14 +433,11 @@ fn fanout_one(env: &Env, p: &Params, redis: &Redis, n: u64, setup: Setup) -> io:
     let tag = format!("cluster-fanout-{n}-{}", setup.tag());
     let nodes = start_nodes(env, p, redis, setup, &tag)?;
     let refs: Vec<&Server> = nodes.iter().collect();
-    let relays = refs[1..]
-        .iter()
-        .map(|s| NullAdmin::start(s.admin))
-        .collect::<io::Result<Vec<_>>>()?;
     let mut run = env.stress_run(&refs, n, FANOUT_CHANNEL, p);
-    run.admins = std::iter::once(nodes[0].admin)
-        .chain(relays.iter().map(|r| r.addr))
-        .collect();
+    // One publish, through node 0: in cluster mode it reaches every node through Redis
+    // (the standalone setup has one node, so it is the same publish). The floor's
+    // processes share nothing, so each gets the publish through its own admin address.
+    run.publish_once = !matches!(setup, Setup::Floor(_));
     run.hold = Duration::from_millis(p.settle_ms + 1000);
     run.publish = 1;
     let cluster = matches!(setup, Setup::Cluster(_));
@@ -560,11 +461,6 @@ fn fanout_one(env: &Env, p: &Params, redis: &Redis, n: u64, setup: Setup) -> io:
     let redis_cpu = window
         .as_ref()
         .map(|w| scenarios::fanout_metrics(env, &mut row, w));
-    // The stress tool counts the relays' fake answers as publishes.
-    let swallowed: u64 = relays.iter().map(NullAdmin::swallowed).sum();
-    if let Some(v) = row.get("published") {
-        row.set("published", v - swallowed as f64);
-    }
     if cluster {
         let after = redis.counters()?;
         row.set(
@@ -587,7 +483,6 @@ fn fanout_one(env: &Env, p: &Params, redis: &Redis, n: u64, setup: Setup) -> io:
             );
         }
     }
-    drop(relays);
     Ok(row)
 }
 
@@ -749,10 +644,10 @@ fn publisher(
 }
 
 /// The publish ceiling for every `--ceiling-publishers`, each in every [`Setup`].
-pub fn publish_ceiling(env: &Env, p: &Params, redis: &Redis) -> Vec<Row> {
+pub fn publish_ceiling(env: &Env, p: &Params, redis: &Redis, floor: bool) -> Vec<Row> {
     let mut rows = Vec::new();
     for &c in &p.ceiling_publishers {
-        for setup in setups(p) {
+        for setup in setups(p, floor) {
             eprintln!("holdfast-bench: publish_ceiling C={c} {}", setup.label());
             rows.push(ceiling_one(env, p, redis, c, setup).unwrap_or_else(|e| {
                 failed_row(
@@ -864,6 +759,7 @@ fn ceiling_one(env: &Env, p: &Params, redis: &Redis, c: u64, setup: Setup) -> io
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::TcpListener;
 
     #[test]
     fn redis_replies_parse() {
@@ -903,46 +799,6 @@ mod tests {
     }
 
     #[test]
-    fn the_relay_forwards_stats_and_swallows_publishes() {
-        // A fake node admin that answers /stats.
-        let node = TcpListener::bind("127.0.0.1:0").unwrap();
-        let node_addr = node.local_addr().unwrap();
-        let fake = std::thread::spawn(move || {
-            let (mut s, _) = node.accept().unwrap();
-            // The whole head before answering: answering and closing while the
-            // client still writes would reset the connection under it.
-            let mut head = Vec::new();
-            let mut buf = [0u8; 1024];
-            while find(&head, b"\r\n\r\n").is_none() {
-                let n = s.read(&mut buf).unwrap();
-                assert!(n > 0, "the relay closed before its request ended");
-                head.extend_from_slice(&buf[..n]);
-            }
-            let body = r#"{"parked":7}"#;
-            write!(
-                s,
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            )
-            .unwrap();
-        });
-        let relay = NullAdmin::start(node_addr).unwrap();
-        assert_eq!(
-            server::http_get(relay.addr, "/stats").unwrap(),
-            r#"{"parked":7}"#
-        );
-        fake.join().unwrap();
-        let mut s = TcpStream::connect(relay.addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        s.write_all(b"POST /pub/x HTTP/1.1\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc")
-            .unwrap();
-        let mut answer = String::new();
-        s.read_to_string(&mut answer).unwrap();
-        assert!(answer.starts_with("HTTP/1.1 201 "), "{answer}");
-        assert_eq!(relay.swallowed(), 1);
-    }
-
-    #[test]
     fn a_keep_alive_client_reads_whole_answers() {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
@@ -971,23 +827,29 @@ mod tests {
     }
 
     #[test]
-    fn setups_are_standalone_one_node_and_k_nodes() {
+    fn setups_are_standalone_one_node_k_nodes_and_the_floor() {
         use clap::Parser;
-        let labels = |k: u32| {
+        let labels = |k: u32, floor: bool| {
             let mut p = crate::Args::try_parse_from(["holdfast-bench", "--smoke"])
                 .unwrap()
                 .params();
             p.cluster_nodes = k;
-            setups(&p).into_iter().map(Setup::label).collect::<Vec<_>>()
+            setups(&p, floor)
+                .into_iter()
+                .map(Setup::label)
+                .collect::<Vec<_>>()
         };
         assert_eq!(
-            labels(3),
+            labels(3, true),
             [
                 "holdfast standalone",
                 "holdfast cluster, 1 node",
-                "holdfast cluster, 3 nodes"
+                "holdfast cluster, 3 nodes",
+                "floor, 3 processes"
             ]
         );
-        assert_eq!(labels(1).len(), 2);
+        assert_eq!(labels(3, false).len(), 3);
+        assert_eq!(labels(1, false).len(), 2);
+        assert_eq!(labels(1, true)[2], "floor, 1 process");
     }
 }

@@ -12,6 +12,7 @@
 
 mod cluster;
 mod measure;
+mod million;
 mod probe;
 mod procs;
 mod report;
@@ -47,7 +48,7 @@ struct Args {
     only: Vec<Scenario>,
 
     /// Servers to compare.
-    #[arg(long, value_enum, value_delimiter = ',', default_values = ["holdfast", "tokio", "nchan"])]
+    #[arg(long, value_enum, value_delimiter = ',', default_values = ["holdfast", "tokio", "nchan", "floor"])]
     servers: Vec<Kind>,
 
     /// Event-loop threads of each server (nchan: worker_processes). Default 1: nchan is
@@ -70,6 +71,10 @@ struct Args {
     /// holdfast-tokio binary [default: beside this executable].
     #[arg(long)]
     tokio_bin: Option<PathBuf>,
+
+    /// holdfast-floor binary, the bare-epoll floor [default: beside this executable].
+    #[arg(long)]
+    floor_bin: Option<PathBuf>,
 
     /// Do not try to install nginx + libnginx-mod-nchan when they are missing.
     #[arg(long)]
@@ -156,6 +161,23 @@ struct Args {
     /// Connections opened per second by the stress tool.
     #[arg(long, default_value_t = 20_000)]
     rate: u64,
+
+    /// The 1M run (`--only million`): connections [default: 1000000; smoke: 3000].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=2_000_000))]
+    million_n: Option<u64>,
+
+    /// The 1M run: subscription modes, one run each [default: longpoll,sse].
+    #[arg(long, value_delimiter = ',', value_parser = ["longpoll", "sse", "websocket"])]
+    million_modes: Vec<String>,
+
+    /// The 1M run: connections per server process, under the open-file limit
+    /// [default: 18000; smoke: 1500].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(100..=19_000))]
+    million_per_node: Option<u64>,
+
+    /// The 1M run: connections opened per second [default: 25000; smoke: 5000].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=200_000))]
+    million_rate: Option<u64>,
 }
 
 impl Args {
@@ -208,6 +230,14 @@ impl Args {
             ceiling_ms: pick(self.ceiling_ms, 3000, 300),
             ceiling_warmup_ms: if s { 100 } else { 500 },
             settle_ms: if s { 300 } else { 1000 },
+            million_n: pick(self.million_n, 1_000_000, 3_000),
+            million_modes: if !self.million_modes.is_empty() {
+                self.million_modes.clone()
+            } else {
+                vec!["longpoll".into(), "sse".into()]
+            },
+            million_per_node: pick(self.million_per_node, 18_000, 1_500),
+            million_rate: pick(self.million_rate, 25_000, 5_000),
         }
     }
 }
@@ -269,14 +299,7 @@ fn failed(s: Scenario, kind: Kind, n: u64, e: &std::io::Error) -> Row {
 }
 
 fn scenario_row(s: Scenario, kind: Kind, n: u64) -> Row {
-    Row {
-        scenario: s.key(),
-        server: kind.name().to_string(),
-        connections: n,
-        metrics: BTreeMap::new(),
-        notes: Vec::new(),
-        stress: None,
-    }
+    Row::new(s, kind.name(), n)
 }
 
 fn main() -> ExitCode {
@@ -334,6 +357,11 @@ fn run(args: &Args) -> Result<(), String> {
             Scenario::NdjsonIdle,
             Scenario::NdjsonFanout,
         ]
+        .into_iter()
+        // The 1M run takes minutes and most of the machine's memory: asked for by name
+        // (`--only million`), or at its smoke size with `--smoke`.
+        .chain(args.smoke.then_some(Scenario::Million))
+        .collect()
     } else {
         let mut v = args.only.clone();
         v.sort();
@@ -343,6 +371,17 @@ fn run(args: &Args) -> Result<(), String> {
     let mut kinds = args.servers.clone();
     kinds.sort();
     kinds.dedup();
+    // The 1M run refuses before anything starts when the machine cannot take it.
+    let million_warnings = if scenarios.contains(&Scenario::Million) {
+        million::check(
+            &million::Machine::read(),
+            params.million_n,
+            params.million_per_node,
+        )
+        .map_err(|e| format!("million: {e}"))?
+    } else {
+        Vec::new()
+    };
     let mut notes = vec![
         format!(
             "Each server gets {} thread(s){}: nchan runs `worker_processes {}`, so holdfast and \
@@ -376,6 +415,7 @@ fn run(args: &Args) -> Result<(), String> {
 
     let holdfast = beside_exe(&args.holdfast_bin, "holdfast");
     let tokio = beside_exe(&args.tokio_bin, "holdfast-tokio");
+    let floor = beside_exe(&args.floor_bin, "holdfast-floor");
     let stress_bin = stress::locate(args.stress.as_deref())?;
     let mut versions = BTreeMap::new();
     versions.insert("repository (git describe)".to_string(), git_describe());
@@ -389,6 +429,7 @@ fn run(args: &Args) -> Result<(), String> {
         let found = match k {
             Kind::Holdfast => holdfast.as_ref().map(|_| ()).map_err(Clone::clone),
             Kind::Tokio => tokio.as_ref().map(|_| ()).map_err(Clone::clone),
+            Kind::Floor => floor.as_ref().map(|_| ()).map_err(Clone::clone),
             Kind::Nchan => {
                 server::find_or_install_nchan(!args.no_install, &logs.join("apt-get.log")).and_then(
                     |n| {
@@ -419,6 +460,7 @@ fn run(args: &Args) -> Result<(), String> {
     let env = Env {
         holdfast: holdfast.clone().unwrap_or_default(),
         tokio: tokio.clone().unwrap_or_default(),
+        floor: floor.clone().unwrap_or_default(),
         stress: stress_bin,
         nchan,
         logs,
@@ -427,6 +469,7 @@ fn run(args: &Args) -> Result<(), String> {
     for &k in &kinds {
         let bin = match k {
             Kind::Tokio => &env.tokio,
+            Kind::Floor => &env.floor,
             _ => &env.holdfast,
         };
         versions.insert(
@@ -489,10 +532,12 @@ fn run(args: &Args) -> Result<(), String> {
                 .into(),
         );
     }
-    let clustered = scenarios
-        .iter()
-        .any(|s| matches!(s, Scenario::ClusterFanout | Scenario::PublishCeiling))
-        && kinds.contains(&Kind::Holdfast);
+    let clustered = scenarios.iter().any(|s| {
+        matches!(
+            s,
+            Scenario::ClusterFanout | Scenario::PublishCeiling | Scenario::Million
+        )
+    }) && kinds.contains(&Kind::Holdfast);
     // Why the cluster scenarios cannot run, if they cannot: said once, here.
     let redis_bin = if clustered {
         let found = cluster::find_redis().and_then(|bin| {
@@ -527,8 +572,8 @@ fn run(args: &Args) -> Result<(), String> {
     };
     if scenarios.contains(&Scenario::Scale) {
         notes.push(format!(
-            "Scale scenario: holdfast only ({} processes × {} thread(s)); the other servers are \
-             not run at that scale.",
+            "Scale scenario: holdfast and the floor only ({} processes × {} thread(s); the floor \
+             has one thread); holdfast-tokio and nchan are not run at that scale.",
             params.scale_procs, params.threads
         ));
     }
@@ -540,7 +585,31 @@ fn run(args: &Args) -> Result<(), String> {
         }
         rows.push(r);
     };
+    if scenarios.contains(&Scenario::Million) {
+        notes.push(format!(
+            "1M run: {} connections per mode ({}), holdfast over {} cluster nodes (`--threads 1` \
+             each) on one redis-server with one publish through node 0, then the floor over as \
+             many processes, each published to through its own admin address; {} stress \
+             workers; ramp {} connections/s.",
+            params.million_n,
+            params.million_modes.join(", "),
+            million::nodes(params.million_n, params.million_per_node),
+            params.million_n.div_ceil(15_000),
+            params.million_rate
+        ));
+        notes.extend(
+            million_warnings
+                .iter()
+                .map(|w| format!("1M run pre-flight: {w}")),
+        );
+    }
     for &s in &scenarios {
+        if s == Scenario::Million {
+            for r in million::million(&env, &params, &kinds, redis_bin.as_deref()) {
+                push(r);
+            }
+            continue;
+        }
         if matches!(s, Scenario::ClusterFanout | Scenario::PublishCeiling) {
             let Some(bin) = &redis_bin else { continue };
             let log = env.logs.join(format!("redis-{}.log", s.key()));
@@ -552,9 +621,10 @@ fn run(args: &Args) -> Result<(), String> {
                 }
             };
             eprintln!("holdfast-bench: {} on redis {}", s.key(), redis.addr);
+            let floor = kinds.contains(&Kind::Floor);
             let rows = match s {
-                Scenario::ClusterFanout => cluster::cluster_fanout(&env, &params, &redis),
-                _ => cluster::publish_ceiling(&env, &params, &redis),
+                Scenario::ClusterFanout => cluster::cluster_fanout(&env, &params, &redis, floor),
+                _ => cluster::publish_ceiling(&env, &params, &redis, floor),
             };
             for r in rows {
                 push(r);
@@ -562,18 +632,21 @@ fn run(args: &Args) -> Result<(), String> {
             continue;
         }
         if s == Scenario::Scale {
-            if !kinds.contains(&Kind::Holdfast) {
-                continue;
+            for &k in kinds
+                .iter()
+                .filter(|&&k| matches!(k, Kind::Holdfast | Kind::Floor))
+            {
+                eprintln!(
+                    "holdfast-bench: {} {} ({} connections)",
+                    s.key(),
+                    k.name(),
+                    params.scale_n
+                );
+                push(
+                    scenarios::scale(&env, k, &params)
+                        .unwrap_or_else(|e| failed(s, k, params.scale_n, &e)),
+                );
             }
-            eprintln!(
-                "holdfast-bench: {} holdfast ({} connections)",
-                s.key(),
-                params.scale_n
-            );
-            push(
-                scenarios::scale(&env, &params)
-                    .unwrap_or_else(|e| failed(s, Kind::Holdfast, params.scale_n, &e)),
-            );
             continue;
         }
         for &k in kinds.iter().filter(|&&k| s.runs_on(k)) {
@@ -605,7 +678,10 @@ fn run(args: &Args) -> Result<(), String> {
                     scenarios::idle_cpu(&env, k, &params)
                         .unwrap_or_else(|e| failed(s, k, params.idle_cpu_n, &e)),
                 ),
-                Scenario::Scale | Scenario::ClusterFanout | Scenario::PublishCeiling => {}
+                Scenario::Scale
+                | Scenario::ClusterFanout
+                | Scenario::PublishCeiling
+                | Scenario::Million => {}
             }
         }
     }
@@ -625,6 +701,7 @@ fn run(args: &Args) -> Result<(), String> {
         loadavg_end: loadavg(),
         notes,
     };
+    report::floor_ratios(&mut rows);
     let written =
         report::write_all(&out, &meta, &rows).map_err(|e| format!("writing the report: {e}"))?;
     eprintln!(

@@ -29,6 +29,53 @@ pub struct Meta {
     pub notes: Vec<String>,
 }
 
+/// The ratios to the floor every table shows: (metric, ratio key, inverse). The ratio
+/// is the row's metric ÷ the floor's (the floor's ÷ the row's when `inverse`: a rate,
+/// where more is better), so every ratio reads "times what the kernel alone costs".
+const FLOOR_RATIOS: [(&str, &str, bool); 6] = [
+    ("rss_per_conn_bytes", "rss_x_floor", false),
+    ("total_per_conn_bytes", "total_x_floor", false),
+    ("cpu_per_delivery_us", "cpu_x_floor", false),
+    ("wall_to_last_ms", "wall_x_floor", false),
+    ("deliveries_per_cpu_sec", "cpu_x_floor", true),
+    ("cpu_per_publish_us", "cpu_x_floor", false),
+];
+
+/// Sets each row's ratios to the floor's row of the same scenario and N (and mode, for
+/// the 1M run), measured in the same run; rows without a floor beside them get none.
+/// Also sets `total_per_conn_bytes`: user space (RSS) plus kernel (Slab) per connection.
+pub fn floor_ratios(rows: &mut [Row]) {
+    for r in rows.iter_mut() {
+        if let (Some(rss), Some(slab)) = (r.get("rss_per_conn_bytes"), r.get("slab_per_conn_bytes"))
+        {
+            r.set("total_per_conn_bytes", rss + slab);
+        }
+    }
+    let floors: Vec<Row> = rows.iter().filter(|r| is_floor(r)).cloned().collect();
+    for r in rows.iter_mut().filter(|r| !is_floor(r)) {
+        let Some(f) = floors
+            .iter()
+            .find(|f| f.scenario == r.scenario && f.connections == r.connections)
+        else {
+            continue;
+        };
+        for (metric, key, inverse) in FLOOR_RATIOS {
+            let (Some(a), Some(b)) = (r.get(metric), f.get(metric)) else {
+                continue;
+            };
+            let (num, den) = if inverse { (b, a) } else { (a, b) };
+            if den > 0.0 {
+                r.set(key, num / den);
+            }
+        }
+    }
+}
+
+/// The floor's rows: `floor`, or `floor, K processes` in the cluster scenarios.
+fn is_floor(r: &Row) -> bool {
+    r.server == crate::server::FLOOR || r.server.starts_with("floor,")
+}
+
 #[derive(Serialize)]
 struct Results<'a> {
     meta: &'a Meta,
@@ -84,6 +131,12 @@ pub fn write_all(dir: &Path, meta: &Meta, rows: &[Row]) -> io::Result<Vec<String
                 .map_err(|e| io::Error::other(format!("{file}: {e}")))?;
             plots.push(file);
         }
+    }
+    if rows.iter().any(|r| r.curve.len() > 1) {
+        let file = "million_memory.svg";
+        million_plot(&dir.join(file), rows)
+            .map_err(|e| io::Error::other(format!("{file}: {e}")))?;
+        plots.push(file);
     }
     fs::write(dir.join("report.md"), markdown(meta, rows, &plots))?;
     written.push("report.md".to_string());
@@ -178,6 +231,8 @@ enum Cell {
     Num(&'static str, usize),
     /// A metric in bytes, as MiB.
     Mib(&'static str),
+    /// The subscription mode of a 1M-run row, from its scenario key.
+    Mode,
     /// A metric in µs, as ms.
     Ms(&'static str),
     Notes,
@@ -190,6 +245,7 @@ impl Cell {
             Cell::Connections => group(r.connections as i64),
             Cell::Num(k, decimals) => num(r.get(k), decimals),
             Cell::Mib(k) => mib(r.get(k)),
+            Cell::Mode => r.scenario.trim_start_matches("million_").to_string(),
             Cell::Ms(k) => ms(r.get(k)),
             Cell::Notes => notes_of(r),
         }
@@ -207,6 +263,13 @@ const MEMORY_COLUMNS: [(&str, Cell); 5] = [
         Cell::Num("slab_per_conn_bytes", 0),
     ),
     ("TCP sockets Δ", Cell::Num("tcp_inuse_delta", 0)),
+];
+
+/// Memory as a multiple of the floor's in the same run (`floor_ratios`): user space
+/// alone, and user space + kernel, what a held connection costs the machine.
+const FLOOR_MEMORY_COLUMNS: [(&str, Cell); 2] = [
+    ("RSS × floor", Cell::Num("rss_x_floor", 1)),
+    ("RSS+Slab × floor", Cell::Num("total_x_floor", 3)),
 ];
 
 /// A markdown table with one line per row: each column a heading and what it shows.
@@ -327,6 +390,7 @@ pub fn markdown(meta: &Meta, rows: &[Row], plots: &[&str]) -> String {
                     "deliveries per CPU-second",
                     Cell::Num("deliveries_per_cpu_sec", 0),
                 ),
+                ("CPU/delivery × floor", Cell::Num("cpu_x_floor", 2)),
                 ("server CPU %", Cell::Num("cpu_percent", 0)),
                 ("p99 (ms)", Cell::Ms("latency_p99_us")),
                 ("notes", Cell::Notes),
@@ -366,7 +430,7 @@ pub fn markdown(meta: &Meta, rows: &[Row], plots: &[&str]) -> String {
         );
         let _ = writeln!(
             o,
-            "holdfast only. Each process has its own public and admin address (one process may hold \
+            "holdfast, and the floor over as many processes. Each process has its own public and admin address (one process may hold \
              under 20,000 sockets here). Memory per connection = Σ RSS (and Private) growth of all \
              processes ÷ Σ parked; Slab as in scenario 1 (machine-wide, two sockets per \
              connection). After the hold, one message is published through every admin address; \
@@ -374,11 +438,13 @@ pub fn markdown(meta: &Meta, rows: &[Row], plots: &[&str]) -> String {
         );
         let columns = [
             &[
+                ("server", Cell::Server),
                 ("processes", Cell::Num("server_processes", 0)),
                 ("N", Cell::Connections),
                 ("held", Cell::Num("held", 0)),
             ][..],
             &MEMORY_COLUMNS,
+            &FLOOR_MEMORY_COLUMNS,
             &[
                 ("received", Cell::Num("received", 0)),
                 ("lost", Cell::Num("lost", 0)),
@@ -443,9 +509,8 @@ pub fn markdown(meta: &Meta, rows: &[Row], plots: &[&str]) -> String {
              the N long-poll subscribers spread evenly over them (round-robin) and the one \
              publish sent to node 0's admin listener. {FANOUT_METHOD} CPU is summed over the \
              nodes; Redis's CPU (schedstat) over the same window is beside it. The stress tool \
-             sends its publish through every admin address it is given, so for nodes 1..K it is \
-             given a relay in the harness that forwards `/stats` and answers the publish without \
-             publishing: the cluster sees one publish. Messages from Redis = Σ over nodes of \
+             runs with `--publish-once`: it publishes through node 0 only and reads every \
+             node's `/stats` to know the node holds its share. Messages from Redis = Σ over nodes of \
              `/stats` `backplane_received` (one per node means no per-subscriber traffic); \
              Redis PUBLISH calls from `INFO commandstats`. Subscribes read from Redis = Σ \
              `backplane_fetches`: polls a node answered from Redis because it did not hold \
@@ -470,6 +535,7 @@ pub fn markdown(meta: &Meta, rows: &[Row], plots: &[&str]) -> String {
                     "CPU µs/delivery, Σ nodes (utime+stime)",
                     Cell::Num("cpu_ticks_per_delivery_us", 2),
                 ),
+                ("CPU × floor", Cell::Num("cpu_x_floor", 2)),
                 ("Redis CPU in window (µs)", Cell::Num("redis_cpu_us", 0)),
                 ("messages from Redis", Cell::Num("backplane_received", 0)),
                 ("Redis PUBLISH calls", Cell::Num("redis_publish_calls", 0)),
@@ -478,6 +544,7 @@ pub fn markdown(meta: &Meta, rows: &[Row], plots: &[&str]) -> String {
                     Cell::Num("backplane_fetches", 0),
                 ),
                 ("wall to last receipt (ms)", Cell::Num("wall_to_last_ms", 2)),
+                ("wall × floor", Cell::Num("wall_x_floor", 2)),
                 ("p50 (ms)", Cell::Ms("latency_p50_us")),
                 ("p99 (ms)", Cell::Ms("latency_p99_us")),
                 ("notes", Cell::Notes),
@@ -519,6 +586,7 @@ pub fn markdown(meta: &Meta, rows: &[Row], plots: &[&str]) -> String {
                 ("max (µs)", Cell::Num("publish_max_us", 0)),
                 ("errors", Cell::Num("publish_errors", 0)),
                 ("node CPU µs/publish", Cell::Num("cpu_per_publish_us", 2)),
+                ("CPU × floor", Cell::Num("cpu_x_floor", 2)),
                 ("node CPU %", Cell::Num("cpu_percent", 0)),
                 (
                     "Redis CPU µs/publish",
@@ -623,8 +691,87 @@ pub fn markdown(meta: &Meta, rows: &[Row], plots: &[&str]) -> String {
             "ndjson_fanout_latency.svg",
         );
     }
+
+    let mil: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.scenario.starts_with("million_"))
+        .collect();
+    if !mil.is_empty() {
+        let _ = writeln!(
+            o,
+            "## 14. One million: held over many processes, one publish\n"
+        );
+        let _ = writeln!(o, "{MILLION_METHOD}\n");
+        table(
+            &mut o,
+            &mil,
+            &[
+                ("server", Cell::Server),
+                ("mode", Cell::Mode),
+                ("processes", Cell::Num("nodes", 0)),
+                ("N", Cell::Connections),
+                ("held", Cell::Num("held", 0)),
+                ("received", Cell::Num("received", 0)),
+                ("lost", Cell::Num("lost", 0)),
+                (
+                    "publish → last receipt (ms)",
+                    Cell::Num("wall_to_last_ms", 0),
+                ),
+                ("wall × floor", Cell::Num("wall_x_floor", 2)),
+                ("p50 (ms)", Cell::Ms("latency_p50_us")),
+                ("p99 (ms)", Cell::Ms("latency_p99_us")),
+                ("deliveries/s", Cell::Num("deliveries_per_sec", 0)),
+                (
+                    "server CPU µs/delivery",
+                    Cell::Num("cpu_per_delivery_us", 2),
+                ),
+                ("CPU × floor", Cell::Num("cpu_x_floor", 2)),
+                (
+                    "servers CPU % (fan-out)",
+                    Cell::Num("fanout_cpu_percent", 0),
+                ),
+                ("stress CPU % (fan-out)", Cell::Num("stress_cpu_percent", 0)),
+                ("servers CPU % (idle)", Cell::Num("idle_cpu_percent", 2)),
+                ("RSS B/conn", Cell::Num("rss_per_conn_bytes", 1)),
+                ("RSS × floor", Cell::Num("rss_x_floor", 1)),
+                (
+                    "kernel Slab B/conn (2 sockets)",
+                    Cell::Num("slab_per_conn_bytes", 0),
+                ),
+                ("RSS+Slab × floor", Cell::Num("total_x_floor", 3)),
+                (
+                    "machine used B/conn",
+                    Cell::Num("machine_used_per_conn_bytes", 0),
+                ),
+                ("ramp (conn/s)", Cell::Num("ramp_per_sec", 0)),
+                ("notes", Cell::Notes),
+            ],
+        );
+        if plots.contains(&"million_memory.svg") {
+            let _ = writeln!(o, "![memory vs connections, 1M run](million_memory.svg)\n");
+        }
+    }
     o
 }
+
+/// How the 1M run measures (section 14).
+const MILLION_METHOD: &str = "N subscriptions spread over ⌈N ÷ per-process⌉ server \
+     processes (one process may hold under 20,000 sockets here) and ⌈N ÷ 15,000⌉ stress \
+     workers on 509 loopback source addresses. holdfast: cluster nodes (`--redis`, \
+     `--threads 1`) on one redis-server, and **one publish through node 0** \
+     (`holdfast-stress --publish-once`), which reaches the other nodes through Redis. \
+     floor: as many `holdfast-floor` processes, each published to through its own admin \
+     address at the same moment (it has no backplane). The two run one after the other \
+     with the same stress settings. publish → last receipt = the stress tool's largest \
+     publish → receipt latency; deliveries/s = received ÷ that. CPU during the fan-out: \
+     from the last reading (every 100 ms) before node 0 counted the publish to the \
+     first reading after the last receipt, Σ over the server processes (schedstat), and \
+     the stress tool's processes over the same window (100 % = one core; the machine \
+     has two for everything). Idle CPU: Σ server processes over 4 s with everything \
+     held. RSS B/conn = Σ RSS growth from before the ramp to 2 s after the last \
+     connection was held ÷ held; kernel Slab = machine-wide growth ÷ held (both ends of \
+     each connection); machine used = growth of MemTotal − MemAvailable ÷ held. Ratios \
+     (× floor) are to the floor's row of the same mode in the same run.";
 
 /// Why the ndjson sections have no nchan row.
 const NO_NCHAN_NDJSON: &str = "nchan is not in this table: it has no ndjson stream, and \
@@ -659,6 +806,7 @@ fn idle_table(o: &mut String, rows: &[&Row], plots: &[&str], plot: &str) {
             ("RSS at start (MiB)", Cell::Mib("rss_before_bytes")),
         ][..],
         &MEMORY_COLUMNS,
+        &FLOOR_MEMORY_COLUMNS,
         &[
             ("nginx master RSS (MiB)", Cell::Mib("master_rss_bytes")),
             ("notes", Cell::Notes),
@@ -692,7 +840,9 @@ fn fanout_table(o: &mut String, rows: &[&Row], extra: &[(&str, Cell)], plots: &[
                 "CPU µs/delivery (utime+stime)",
                 Cell::Num("cpu_ticks_per_delivery_us", 2),
             ),
+            ("CPU × floor", Cell::Num("cpu_x_floor", 2)),
             ("wall to last receipt (ms)", Cell::Num("wall_to_last_ms", 2)),
+            ("wall × floor", Cell::Num("wall_x_floor", 2)),
             ("p50 (ms)", Cell::Ms("latency_p50_us")),
             ("p99 (ms)", Cell::Ms("latency_p99_us")),
             ("p99.9 (ms)", Cell::Ms("latency_p999_us")),
@@ -707,16 +857,19 @@ fn fanout_table(o: &mut String, rows: &[&Row], extra: &[(&str, Cell)], plots: &[
     }
 }
 
-const COLORS: [RGBColor; 3] = [
+const COLORS: [RGBColor; 4] = [
     RGBColor(31, 119, 180),
     RGBColor(214, 39, 40),
     RGBColor(44, 160, 44),
+    // The floor: grey, a reference line rather than a contender.
+    RGBColor(110, 110, 110),
 ];
 
 fn color_of(server: &str) -> RGBColor {
     match server {
         "holdfast" => COLORS[0],
         "holdfast-tokio" => COLORS[1],
+        "floor" => COLORS[3],
         _ => COLORS[2],
     }
 }
@@ -842,6 +995,108 @@ fn idle_plot(path: &Path, rows: &[Row], scenario: &str, what: &str) -> PlotResul
     Ok(())
 }
 
+/// The 1M run's memory against connections held, sampled during the ramp: user-space
+/// bytes per connection (Σ server RSS growth ÷ held) and kernel bytes per connection
+/// (machine-wide Slab growth ÷ held, both ends), log-log, one line per server and mode.
+/// Samples under 1 % of the run's N are left out (a few hundred connections say more
+/// about page granularity than about a connection).
+/// One line of the 1M plot: label, colour, solid (long-poll) or hollow, and points of
+/// (held, user-space bytes per connection, kernel bytes per connection).
+type MillionLine = (String, RGBColor, bool, Vec<(f64, f64, f64)>);
+
+fn million_plot(path: &Path, rows: &[Row]) -> PlotResult {
+    let lines: Vec<MillionLine> = rows
+        .iter()
+        .filter(|r| r.curve.len() > 1)
+        .map(|r| {
+            let floor = (r.connections / 100).max(100) as f64;
+            let pts = r
+                .curve
+                .iter()
+                .filter(|p| p.held as f64 >= floor)
+                .map(|p| {
+                    let h = p.held as f64;
+                    (h, p.rss_delta / h, p.slab_delta / h)
+                })
+                .collect();
+            let mode = r.scenario.trim_start_matches("million_");
+            (
+                format!("{} {mode}", r.server),
+                color_of(&r.server),
+                mode == "longpoll",
+                pts,
+            )
+        })
+        .collect();
+    let all = lines.iter().flat_map(|l| l.3.iter());
+    let xlo = all.clone().map(|p| p.0).fold(f64::MAX, f64::min).max(1.0) * 0.9;
+    let xhi = all.clone().map(|p| p.0).fold(10.0, f64::max) * 1.1;
+    let range = |f: &dyn Fn(&(f64, f64, f64)) -> f64| {
+        let v: Vec<f64> = all.clone().map(f).filter(|v| *v > 0.0).collect();
+        let lo = v.iter().copied().fold(f64::MAX, f64::min).clamp(0.5, 1e7) / 2.0;
+        let hi = v.iter().copied().fold(10.0, f64::max) * 2.0;
+        (lo, hi)
+    };
+    let root = SVGBackend::new(path, (1100, 480)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let (left, right) = root.split_horizontally(550);
+    for (area, caption, ydesc, pick) in [
+        (
+            &left,
+            "User space: Σ server RSS growth ÷ held",
+            "bytes per connection",
+            (&|p: &(f64, f64, f64)| p.1) as &dyn Fn(&(f64, f64, f64)) -> f64,
+        ),
+        (
+            &right,
+            "Kernel: Slab growth ÷ held (both ends)",
+            "bytes per connection",
+            &|p: &(f64, f64, f64)| p.2,
+        ),
+    ] {
+        let (ylo, yhi) = range(pick);
+        let mut c = ChartBuilder::on(area)
+            .caption(caption, ("sans-serif", 17))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d((xlo..xhi).log_scale(), (ylo..yhi).log_scale())?;
+        c.configure_mesh()
+            .x_desc("connections held (log scale)")
+            .y_desc(ydesc)
+            .x_label_formatter(&|v| group(*v as i64))
+            .y_label_formatter(&|v| group(*v as i64))
+            .light_line_style(WHITE)
+            .draw()?;
+        for (label, col, solid, pts) in &lines {
+            let pts: Vec<(f64, f64)> = pts
+                .iter()
+                .map(|p| (p.0, pick(p)))
+                .filter(|p| p.1 > 0.0)
+                .collect();
+            let style = col.stroke_width(if *solid { 2 } else { 1 });
+            c.draw_series(LineSeries::new(pts.clone(), style))?
+                .label(label.clone())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
+            let (col, solid) = (*col, *solid);
+            c.draw_series(pts.iter().map(move |&p| {
+                if solid {
+                    Circle::new(p, 3, col.filled())
+                } else {
+                    Circle::new(p, 3, col.stroke_width(1))
+                }
+            }))?;
+        }
+        c.configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()?;
+    }
+    root.present()?;
+    Ok(())
+}
+
 /// Fan-out latency percentiles per server (p50, p99, p99.9, max) as lines over the
 /// percentile axis. `what`: what the subscribers are.
 fn fanout_plot(path: &Path, rows: &[Row], scenario: &str, what: &str) -> PlotResult {
@@ -940,6 +1195,7 @@ mod tests {
             metrics: metrics.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
             notes: Vec::new(),
             stress: None,
+            curve: Vec::new(),
         }
     }
 
@@ -974,6 +1230,10 @@ mod tests {
                 ceiling_ms: 300,
                 ceiling_warmup_ms: 100,
                 settle_ms: 1,
+                million_n: 3000,
+                million_modes: vec!["longpoll".into()],
+                million_per_node: 1500,
+                million_rate: 1,
             },
             loadavg_start: String::new(),
             loadavg_end: String::new(),
@@ -1183,6 +1443,69 @@ mod tests {
             csv.contains("sse_fanout,nchan,200,event_id_errors,3\n"),
             "{csv}"
         );
+    }
+
+    #[test]
+    fn ratios_are_to_the_floor_of_the_same_scenario_and_size() {
+        let mut rows = vec![
+            row(
+                "fanout",
+                "holdfast",
+                &[("cpu_per_delivery_us", 10.0), ("wall_to_last_ms", 30.0)],
+            ),
+            row(
+                "fanout",
+                "floor",
+                &[("cpu_per_delivery_us", 5.0), ("wall_to_last_ms", 20.0)],
+            ),
+            row(
+                "poll_cycle",
+                "holdfast",
+                &[("deliveries_per_cpu_sec", 50.0)],
+            ),
+            row("poll_cycle", "floor", &[("deliveries_per_cpu_sec", 100.0)]),
+            row(
+                "idle_hold",
+                "holdfast",
+                &[("rss_per_conn_bytes", 60.0), ("slab_per_conn_bytes", 940.0)],
+            ),
+            row(
+                "idle_hold",
+                "floor",
+                &[("rss_per_conn_bytes", 20.0), ("slab_per_conn_bytes", 980.0)],
+            ),
+            row(
+                "cluster_fanout",
+                "holdfast cluster, 3 nodes",
+                &[("wall_to_last_ms", 9.0)],
+            ),
+            row(
+                "cluster_fanout",
+                "floor, 3 processes",
+                &[("wall_to_last_ms", 6.0)],
+            ),
+            // No floor row of this scenario: no ratio.
+            row("sse_fanout", "holdfast", &[("cpu_per_delivery_us", 3.0)]),
+        ];
+        // Another size of the same scenario is not the floor of this one.
+        let mut other = row("fanout", "floor", &[("cpu_per_delivery_us", 1.0)]);
+        other.connections = 9;
+        rows.push(other);
+        floor_ratios(&mut rows);
+        let get = |i: usize, k: &str| rows[i].get(k);
+        assert_eq!(get(0, "cpu_x_floor"), Some(2.0));
+        assert_eq!(get(0, "wall_x_floor"), Some(1.5));
+        assert_eq!(
+            get(1, "cpu_x_floor"),
+            None,
+            "the floor has no ratio to itself"
+        );
+        assert_eq!(get(2, "cpu_x_floor"), Some(2.0), "a rate: floor ÷ row");
+        assert_eq!(get(4, "rss_x_floor"), Some(3.0));
+        assert_eq!(get(4, "total_per_conn_bytes"), Some(1000.0));
+        assert_eq!(get(4, "total_x_floor"), Some(1.0));
+        assert_eq!(get(6, "wall_x_floor"), Some(1.5));
+        assert_eq!(get(8, "cpu_x_floor"), None);
     }
 
     #[test]

@@ -50,6 +50,9 @@ pub enum Scenario {
     NdjsonIdle,
     /// One publish to N ndjson streams on one channel (holdfast and holdfast-tokio).
     NdjsonFanout,
+    /// 1,000,000 held over many cluster nodes on one Redis, one publish through one
+    /// node; the floor over as many processes (`million.rs`). Not in the default run.
+    Million,
 }
 
 impl Scenario {
@@ -68,6 +71,7 @@ impl Scenario {
             Scenario::WsFanout => "ws_fanout",
             Scenario::NdjsonIdle => "ndjson_idle_hold",
             Scenario::NdjsonFanout => "ndjson_fanout",
+            Scenario::Million => "million",
         }
     }
 
@@ -122,12 +126,19 @@ pub struct Params {
     pub ceiling_warmup_ms: u64,
     /// Pause after the last connection is held, before measuring.
     pub settle_ms: u64,
+    /// The 1M run: connections, subscription modes, connections per server process,
+    /// and the ramp rate.
+    pub million_n: u64,
+    pub million_modes: Vec<String>,
+    pub million_per_node: u64,
+    pub million_rate: u64,
 }
 
 /// Binaries and places one run uses.
 pub struct Env {
     pub holdfast: PathBuf,
     pub tokio: PathBuf,
+    pub floor: PathBuf,
     pub stress: PathBuf,
     pub nchan: Option<Nchan>,
     pub logs: PathBuf,
@@ -144,17 +155,26 @@ pub struct Row {
     pub metrics: BTreeMap<String, f64>,
     pub notes: Vec<String>,
     pub stress: Option<Summary>,
+    /// The 1M run's memory-vs-connections samples, taken during the ramp.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub curve: Vec<crate::million::CurvePoint>,
 }
 
 impl Row {
     pub(crate) fn new(s: Scenario, server: &str, connections: u64) -> Row {
+        Row::new_keyed(s.key(), server, connections)
+    }
+
+    /// A row whose scenario key is not [`Scenario::key`]'s (the 1M run has one per mode).
+    pub(crate) fn new_keyed(scenario: &'static str, server: &str, connections: u64) -> Row {
         Row {
-            scenario: s.key(),
+            scenario,
             server: server.to_string(),
             connections,
             metrics: BTreeMap::new(),
             notes: Vec::new(),
             stress: None,
+            curve: Vec::new(),
         }
     }
 
@@ -168,7 +188,7 @@ impl Row {
         self.metrics.get(k).copied()
     }
 
-    fn take_summary(&mut self, end: &StressEnd) {
+    pub(crate) fn take_summary(&mut self, end: &StressEnd) {
         if let Some(n) = &end.note {
             self.notes.push(n.clone());
         }
@@ -242,6 +262,7 @@ impl Env {
         match kind {
             Kind::Holdfast => Server::start_holdfast(kind, &self.holdfast, threads, &log),
             Kind::Tokio => Server::start_holdfast(kind, &self.tokio, threads, &log),
+            Kind::Floor => Server::start_floor(&self.floor, &log),
             Kind::Nchan => {
                 let n = self
                     .nchan
@@ -269,6 +290,7 @@ impl Env {
             rate: p.rate,
             hold: Duration::from_secs(2),
             publish: 0,
+            publish_once: false,
             publish_interval: None,
             procs: None,
             max_time: Duration::from_secs(60),
@@ -290,13 +312,13 @@ impl Env {
 }
 
 /// How a stress run ended.
-struct StressEnd {
+pub(crate) struct StressEnd {
     summary: Option<Summary>,
     note: Option<String>,
 }
 
 /// Waits (bounded by `limit`) for the stress tool to exit, then reads its summary.
-fn finish_stress(mut p: Proc, json: &Path, limit: Duration) -> StressEnd {
+pub(crate) fn finish_stress(mut p: Proc, json: &Path, limit: Duration) -> StressEnd {
     let status: Option<ExitStatus> = p.wait_timeout(limit).ok().flatten();
     let mut note = match status {
         None => Some(format!("stress tool still running after {limit:?}: killed")),
@@ -319,7 +341,7 @@ fn finish_stress(mut p: Proc, json: &Path, limit: Duration) -> StressEnd {
 }
 
 /// Sum of the subscribers the servers hold.
-fn held(servers: &[&Server]) -> io::Result<u64> {
+pub(crate) fn held(servers: &[&Server]) -> io::Result<u64> {
     servers
         .iter()
         .try_fold(0, |acc, s| Ok(acc + s.status()?.subscribers))
@@ -348,15 +370,15 @@ fn ramp_limit(n: u64, p: &Params) -> Duration {
 }
 
 /// Memory of the servers and the machine's kernel, at one moment.
-struct Snap {
-    mem: measure::Mem,
-    slab: u64,
+pub(crate) struct Snap {
+    pub(crate) mem: measure::Mem,
+    pub(crate) slab: u64,
     tcp_inuse: u64,
     tcp_tw: u64,
 }
 
 impl Snap {
-    fn take(servers: &[&Server]) -> io::Result<Snap> {
+    pub(crate) fn take(servers: &[&Server]) -> io::Result<Snap> {
         let mem = servers.iter().try_fold(measure::Mem::default(), |a, s| {
             Ok::<_, io::Error>(a.add(s.mem()?))
         })?;
@@ -371,7 +393,7 @@ impl Snap {
 }
 
 /// Growth of server memory and kernel Slab between two snapshots, per held connection.
-fn memory_metrics(row: &mut Row, before: &Snap, after: &Snap, held: f64) {
+pub(crate) fn memory_metrics(row: &mut Row, before: &Snap, after: &Snap, held: f64) {
     let d = |a: u64, b: u64| a as f64 - b as f64;
     let drss = d(after.mem.rss, before.mem.rss);
     let dpriv = d(after.mem.private, before.mem.private);
@@ -436,7 +458,8 @@ fn transport_ready(server: &Server, s: Scenario, row: &mut Row) -> bool {
         Ok(()) => true,
         Err(why) => {
             row.notes.push(match server.kind {
-                Kind::Holdfast => format!("failed: {why}"),
+                // Both implement every transport: a refusal is a regression.
+                Kind::Holdfast | Kind::Floor => format!("failed: {why}"),
                 _ => format!("not run: {why}"),
             });
             false
@@ -825,21 +848,22 @@ pub fn idle_cpu(env: &Env, kind: Kind, p: &Params) -> io::Result<Row> {
     Ok(row)
 }
 
-/// Scenario 5: `scale_n` parked long-polls over `scale_procs` holdfast processes, then
-/// one publish through every admin address.
-pub fn scale(env: &Env, p: &Params) -> io::Result<Row> {
+/// Scenario 5: `scale_n` parked long-polls over `scale_procs` holdfast (or floor)
+/// processes, then one publish through every admin address.
+pub fn scale(env: &Env, kind: Kind, p: &Params) -> io::Result<Row> {
     let n = p.scale_n;
     let mut servers = Vec::new();
     for i in 0..p.scale_procs {
-        servers.push(env.start(Kind::Holdfast, p.threads, &format!("scale-{i}"))?);
+        servers.push(env.start(kind, p.threads, &format!("scale-{i}"))?);
     }
     let refs: Vec<&Server> = servers.iter().collect();
-    let mut row = Row::new(Scenario::Scale, Kind::Holdfast.name(), n);
+    let mut row = Row::new(Scenario::Scale, kind.name(), n);
     row.set("server_processes", p.scale_procs as f64);
     let mut run = env.stress_run(&refs, n, "scale", p);
     run.hold = Duration::from_millis(p.settle_ms + 2000);
     run.publish = 1;
-    let (sp, json) = held_memory(env, &refs, &mut row, &mut run, "holdfast-scale", p)?;
+    let tag = format!("{}-scale", kind.name());
+    let (sp, json) = held_memory(env, &refs, &mut row, &mut run, &tag, p)?;
     let end = finish_stress(sp, &json, run.max_time + Duration::from_secs(10));
     row.take_summary(&end);
     drop(refs);
@@ -1000,6 +1024,7 @@ mod tests {
             rate: 1,
             hold: Duration::from_secs(1),
             publish: 0,
+            publish_once: false,
             publish_interval: None,
             procs: None,
             max_time: Duration::from_secs(1),

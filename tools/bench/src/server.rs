@@ -43,6 +43,10 @@ pub enum Kind {
     Holdfast,
     Tokio,
     Nchan,
+    /// `holdfast-floor` (src/bin/holdfast-floor.rs): a bare-epoll program that accepts,
+    /// reads the request, holds, and on a publish writes one pre-rendered answer per
+    /// socket: what the kernel alone costs, beside which the servers are measured.
+    Floor,
 }
 
 impl Kind {
@@ -51,6 +55,7 @@ impl Kind {
             Kind::Holdfast => "holdfast",
             Kind::Tokio => "holdfast-tokio",
             Kind::Nchan => "nchan",
+            Kind::Floor => FLOOR,
         }
     }
 
@@ -62,6 +67,9 @@ impl Kind {
         }
     }
 }
+
+/// The floor's name in tables and the name of its row.
+pub const FLOOR: &str = "floor";
 
 /// Where nginx and the nchan module are.
 #[derive(Clone, Debug)]
@@ -126,8 +134,23 @@ impl Server {
             .args(extra)
             // holdfast reads `--redis` from HOLDFAST_REDIS too: a standalone node must
             // not turn into a cluster node because the harness's caller has it set.
-            .env_remove("HOLDFAST_REDIS")
-            .stdin(Stdio::null())
+            .env_remove("HOLDFAST_REDIS");
+        Server::start_listening(kind, cmd, log)
+    }
+
+    /// Starts `holdfast-floor` (`bin`) on free loopback ports. It has one thread and
+    /// none of the servers' settings (no timeouts, no heartbeats, no buffer beyond its
+    /// last 16 answers): that is what makes it the floor.
+    pub fn start_floor(bin: &Path, log: &Path) -> io::Result<Server> {
+        let mut cmd = Command::new(bin);
+        cmd.args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]);
+        Server::start_listening(Kind::Floor, cmd, log)
+    }
+
+    /// Runs `cmd`, which prints `listening public=…` and `listening admin=…` on stdout
+    /// and answers `/stats` on its admin listener once ready.
+    fn start_listening(kind: Kind, mut cmd: Command, log: &Path) -> io::Result<Server> {
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(fs::File::create(log)?));
         let mut proc = Proc::spawn(&mut cmd, kind.name())?;
@@ -245,7 +268,7 @@ impl Server {
     /// or `nchan_stub_status` (nchan).
     pub fn status(&self) -> io::Result<Status> {
         match self.kind {
-            Kind::Holdfast | Kind::Tokio => {
+            Kind::Holdfast | Kind::Tokio | Kind::Floor => {
                 let body = http_get(self.admin, "/stats")?;
                 let v: serde_json::Value = serde_json::from_str(&body).map_err(|e| {
                     io::Error::new(io::ErrorKind::InvalidData, format!("/stats: {e}"))
@@ -492,7 +515,7 @@ pub fn http_get(addr: SocketAddr, path: &str) -> io::Result<String> {
 /// Versions of the servers, for the report.
 pub fn version_of(kind: Kind, bin: &Path, nchan: Option<&Nchan>) -> String {
     match kind {
-        Kind::Holdfast | Kind::Tokio => {
+        Kind::Holdfast | Kind::Tokio | Kind::Floor => {
             measure::command_output(&bin.display().to_string(), &["--version"])
                 .unwrap_or_else(|| format!("{} (version unknown)", bin.display()))
         }

@@ -28,6 +28,8 @@ pub struct Run {
     /// How long the connections are held before the publish phase (or the end).
     pub hold: Duration,
     pub publish: u64,
+    /// Publish through the first admin address only (`--publish-once`: cluster nodes).
+    pub publish_once: bool,
     pub publish_interval: Option<Duration>,
     pub procs: Option<u32>,
     /// The stress tool's own bound on its whole run.
@@ -73,6 +75,9 @@ impl Run {
         if !self.admins.is_empty() {
             a.push("--admin".into());
             a.push(join(&self.admins));
+        }
+        if self.publish_once {
+            a.push("--publish-once".into());
         }
         if let Some(i) = self.publish_interval {
             a.push("--publish-interval".into());

@@ -63,6 +63,12 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     pub publish: u32,
 
+    /// Publish each message through the first --admin address only: the servers are
+    /// holdfast nodes in cluster mode, which share every publish through Redis. The
+    /// other admin addresses are still asked whether they hold their subscribers.
+    #[arg(long)]
+    pub publish_once: bool,
+
     /// Gap between publishes.
     #[arg(long, default_value = "200ms", value_parser = parse_duration)]
     pub publish_interval: Duration,

@@ -12,7 +12,8 @@
 //!    `sse_streams`, `websockets` or `ndjson_streams`), so a
 //!    publish cannot overtake a request the server has not read yet. nchan has no such
 //!    counter; there the hold has to be long enough.
-//! 5. **publish**: `--publish` rounds, each one POST to every admin address at once.
+//! 5. **publish**: `--publish` rounds, each one POST to every admin address at once
+//!    (to the first only with `--publish-once`: cluster nodes share it through Redis).
 //! 6. **drain**: wait until every counted subscriber got every message, or give up.
 //! 7. **finish**: workers close everything and send their counters and histograms.
 
@@ -386,15 +387,18 @@ impl Run {
         }
     }
 
-    /// Publishes message `seq` through every admin address at once; returns how many
-    /// were accepted.
+    /// Publishes message `seq` through every admin address at once (the first only with
+    /// `--publish-once`); returns how many were accepted.
     fn publish_round(&mut self, seq: u32) -> u64 {
         let channel = &self.plan.args.channel;
+        let admins = &self.plan.args.admin;
+        let through = if self.plan.args.publish_once {
+            &admins[..1]
+        } else {
+            &admins[..]
+        };
         let results: Vec<Result<(), String>> = std::thread::scope(|s| {
-            let handles: Vec<_> = self
-                .plan
-                .args
-                .admin
+            let handles: Vec<_> = through
                 .iter()
                 .map(|&a| {
                     s.spawn(move || {
