@@ -269,33 +269,81 @@ pub fn check(m: &Machine, n: u64, per_node: u64) -> Result<Vec<String>, String> 
     }
 }
 
+/// Now, in unix µs (the stress tool's payload clock).
+fn unix_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Σ held over the servers, asking again (for up to 20 s) when one does not answer
+/// within `/stats`'s 2 s: with a million connections ramping over two cores, a node
+/// can be that late to its admin listener without anything being wrong.
+fn held_patiently(servers: &[&Server]) -> io::Result<u64> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match scenarios::held(servers) {
+            Err(e) if Instant::now() < deadline && e.kind() == io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            r => return r,
+        }
+    }
+}
+
+/// `r`, with what the run was doing when it failed.
+fn at<T>(what: &str, r: io::Result<T>) -> io::Result<T> {
+    r.map_err(|e| io::Error::new(e.kind(), format!("{what}: {e}")))
+}
+
 /// CPU of the processes the run measures, at one moment.
 #[derive(Clone, Copy)]
 struct Tick {
     at: Instant,
+    /// The same moment in unix µs, the stress tool's clock for its publish.
+    wall: u64,
     servers: Cpu,
     redis: Cpu,
     stress: Cpu,
 }
 
-fn cpu_of(pids: &[u32]) -> Cpu {
-    // A process that exited meanwhile (a stress worker finishing) counts as nothing.
-    pids.iter()
-        .filter_map(|&p| measure::cpu(p).ok())
-        .fold(Cpu::default(), Cpu::add)
+/// Processes outside the servers whose CPU is read at every tick: Redis and the stress
+/// tool's. A process that has exited (a stress worker that finished) keeps the last
+/// reading it had, so a sum never goes backwards.
+struct Others {
+    redis: Option<u32>,
+    stress: Vec<(u32, Cpu)>,
+}
+
+impl Others {
+    fn stress_cpu(&mut self) -> Cpu {
+        for (pid, last) in &mut self.stress {
+            if let Ok(c) = measure::cpu(*pid) {
+                *last = c;
+            }
+        }
+        self.stress
+            .iter()
+            .fold(Cpu::default(), |a, (_, c)| a.add(*c))
+    }
 }
 
 impl Tick {
-    fn take(servers: &[&Server], redis: Option<u32>, stress: &[u32]) -> io::Result<Tick> {
+    fn take(servers: &[&Server], others: &mut Others) -> io::Result<Tick> {
         let at = Instant::now();
+        let wall = unix_micros();
         let s = servers
             .iter()
             .try_fold(Cpu::default(), |a, s| Ok::<_, io::Error>(a.add(s.cpu()?)))?;
         Ok(Tick {
             at,
+            wall,
             servers: s,
-            redis: cpu_of(redis.as_slice()),
-            stress: cpu_of(stress),
+            redis: others
+                .redis
+                .and_then(|p| measure::cpu(p).ok())
+                .unwrap_or_default(),
+            stress: others.stress_cpu(),
         })
     }
 }
@@ -402,7 +450,7 @@ fn one(
     run.max_time = ramp * 3 + run.hold + drain + Duration::from_secs(60);
 
     std::thread::sleep(Duration::from_millis(500));
-    let before = Snap::take(&refs)?;
+    let before = at("memory before the ramp", Snap::take(&refs))?;
     let used0 = machine_used().unwrap_or(0);
     let json = env.logs.join(format!("stress-{tag}.json"));
     let log = env.logs.join(format!("stress-{tag}.log"));
@@ -414,7 +462,7 @@ fn one(
     let ramp_deadline = ramp_start + ramp * 3 + Duration::from_secs(30);
     let mut curve = Vec::new();
     let held = loop {
-        let h = scenarios::held(&refs)?;
+        let h = at("/stats during the ramp", held_patiently(&refs))?;
         let mem = refs.iter().try_fold(measure::Mem::default(), |a, s| {
             Ok::<_, io::Error>(a.add(s.mem()?))
         })?;
@@ -435,9 +483,9 @@ fn one(
             .push(format!("only {held} of {n} held when measured"));
     }
     std::thread::sleep(SETTLE);
-    let after = Snap::take(&refs)?;
+    let after = at("memory after the ramp", Snap::take(&refs))?;
     let used1 = machine_used().unwrap_or(0);
-    let held_now = scenarios::held(&refs)? as f64;
+    let held_now = at("/stats after the ramp", held_patiently(&refs))? as f64;
     row.set("held", held_now);
     scenarios::memory_metrics(row, &before, &after, held_now);
     row.set("machine_used_delta_bytes", used1 as f64 - used0 as f64);
@@ -447,42 +495,35 @@ fn one(
     );
 
     // The stress tool's processes: its parent and its workers, for the CPU it uses.
-    let mut stress_pids = vec![sp.pid()];
-    stress_pids.extend(measure::children_of(sp.pid()));
     let redis_pid = redis.as_ref().map(Redis::pid);
+    let mut others = Others {
+        redis: redis_pid,
+        stress: std::iter::once(sp.pid())
+            .chain(measure::children_of(sp.pid()))
+            .map(|p| (p, Cpu::default()))
+            .collect(),
+    };
 
     // Idle: everything held, nothing published.
-    let i0 = Tick::take(&refs, redis_pid, &stress_pids)?;
+    let i0 = Tick::take(&refs, &mut others)?;
     std::thread::sleep(IDLE_WINDOW);
-    let i1 = Tick::take(&refs, redis_pid, &stress_pids)?;
+    let i1 = Tick::take(&refs, &mut others)?;
     let idle_secs = i1.at.duration_since(i0.at).as_secs_f64();
     row.set(
         "idle_cpu_percent",
         i1.servers.since(i0.servers).ns as f64 / 1e9 / idle_secs * 100.0,
     );
 
-    // Fan-out: a CPU reading every 100 ms while node 0's published counter is polled
-    // every 2 ms; the window starts at the last reading before the publish was seen.
-    let watch = refs[0];
-    let published0 = watch.status()?.published;
-    let wait_until = Instant::now() + run.hold + Duration::from_secs(40);
-    let mut start = Tick::take(&refs, redis_pid, &stress_pids)?;
-    let seen = loop {
-        if watch.status()?.published > published0 {
-            break Some(Instant::now());
-        }
-        if Instant::now() >= wait_until || !matches!(sp.try_wait(), Ok(None)) {
-            break None;
-        }
-        if start.at.elapsed() >= Duration::from_millis(100) {
-            start = Tick::take(&refs, redis_pid, &stress_pids)?;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    };
+    // Fan-out: a CPU reading every 100 ms from here until the stress tool exits. The
+    // window is placed afterwards from the stress tool's own clock: it starts at the
+    // last reading before the first publish was sent (`first_publish_unix_us`) and
+    // ends at the first reading after that + the largest publish → receipt latency.
+    // Not from the servers' counters: a node busy with its share of a million
+    // deliveries can count the publish, or answer `/stats`, seconds late.
     let mut ticks = Vec::new();
-    let sample_until = Instant::now() + drain + Duration::from_secs(30);
+    let sample_until = Instant::now() + run.hold + drain + Duration::from_secs(60);
     while matches!(sp.try_wait(), Ok(None)) && Instant::now() < sample_until {
-        ticks.push(Tick::take(&refs, redis_pid, &stress_pids)?);
+        ticks.push(Tick::take(&refs, &mut others)?);
         std::thread::sleep(Duration::from_millis(100));
     }
     let end = scenarios::finish_stress(sp, &json, run.max_time);
@@ -490,16 +531,17 @@ fn one(
     if let Some(s) = row.get("ramp_secs") {
         row.set("ramp_per_sec", div(held_now, s));
     }
-    let Some(seen) = seen else {
+    let published_at = end.summary.as_ref().map_or(0, |s| s.first_publish_unix_us);
+    let Some(start) = ticks.iter().rev().find(|t| t.wall <= published_at).copied() else {
         row.notes
-            .push("no publish was seen on node 0's counters".into());
+            .push("no CPU reading before the publish (or nothing was published)".into());
         return Ok(());
     };
     let max_us = row.get("latency_max_us").unwrap_or(0.0);
-    let t_end = seen + Duration::from_secs_f64(max_us / 1e6);
+    let t_end = published_at + max_us as u64;
     let last = ticks
         .iter()
-        .find(|t| t.at >= t_end)
+        .find(|t| t.wall >= t_end)
         .or(ticks.last())
         .copied()
         .unwrap_or(start);

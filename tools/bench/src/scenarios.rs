@@ -313,7 +313,7 @@ impl Env {
 
 /// How a stress run ended.
 pub(crate) struct StressEnd {
-    summary: Option<Summary>,
+    pub(crate) summary: Option<Summary>,
     note: Option<String>,
 }
 

@@ -136,6 +136,10 @@ pub struct Summary {
     pub held_per_target: Vec<u64>,
     /// `--max-time` ran out before the run finished.
     pub max_time_expired: bool,
+    /// Unix time in µs just before the first publish was sent, 0 when none was: where
+    /// a harness's CPU window for the fan-out starts, whatever the servers' counters
+    /// say (a server busy with the fan-out may count or answer late).
+    pub first_publish_unix_us: u64,
     /// The exit status's verdict.
     pub ok: bool,
 }

@@ -83,6 +83,8 @@ struct Run {
     ui: Ui,
     expected: u64,
     told_garbage: bool,
+    /// Unix µs just before the first publish was sent (0: none was).
+    first_publish_us: u64,
 }
 
 /// Runs the plan; returns the exit status.
@@ -102,6 +104,7 @@ pub fn main(plan: Plan) -> i32 {
         workers,
         rx,
         errors: BTreeMap::new(),
+        first_publish_us: 0,
         ui,
         expected: 0,
         told_garbage: false,
@@ -390,6 +393,9 @@ impl Run {
     /// Publishes message `seq` through every admin address at once (the first only with
     /// `--publish-once`); returns how many were accepted.
     fn publish_round(&mut self, seq: u32) -> u64 {
+        if self.first_publish_us == 0 {
+            self.first_publish_us = unix_micros();
+        }
         let channel = &self.plan.args.channel;
         let admins = &self.plan.args.admin;
         let through = if self.plan.args.publish_once {
@@ -487,6 +493,7 @@ impl Run {
             publish: args.publish,
             held_per_target,
             max_time_expired,
+            first_publish_unix_us: self.first_publish_us,
             ok: false,
         };
         s.ok = s.verdict();
