@@ -178,6 +178,12 @@ struct Args {
     /// The 1M run: connections opened per second [default: 25000; smoke: 5000].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=200_000))]
     million_rate: Option<u64>,
+
+    /// The 1M run: holdfast's --sse-heartbeat, seconds. Longer than the run by default:
+    /// at 15 s a million streams are 66,667 heartbeat writes a second, more than two
+    /// cores do beside the ramp (the floor sends none).
+    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    million_sse_heartbeat: u64,
 }
 
 impl Args {
@@ -238,6 +244,7 @@ impl Args {
             },
             million_per_node: pick(self.million_per_node, 18_000, 1_500),
             million_rate: pick(self.million_rate, 25_000, 5_000),
+            million_heartbeat_secs: self.million_sse_heartbeat,
         }
     }
 }
@@ -588,12 +595,13 @@ fn run(args: &Args) -> Result<(), String> {
     if scenarios.contains(&Scenario::Million) {
         notes.push(format!(
             "1M run: {} connections per mode ({}), holdfast over {} cluster nodes (`--threads 1` \
-             each) on one redis-server with one publish through node 0, then the floor over as \
-             many processes, each published to through its own admin address; {} stress \
-             workers; ramp {} connections/s.",
+             each, `--sse-heartbeat {}s`) on one redis-server with one publish through node 0, \
+             then the floor over as many processes, each published to through its own admin \
+             address; {} stress workers; ramp {} connections/s.",
             params.million_n,
             params.million_modes.join(", "),
             million::nodes(params.million_n, params.million_per_node),
+            params.million_heartbeat_secs,
             params.million_n.div_ceil(15_000),
             params.million_rate
         ));

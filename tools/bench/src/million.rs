@@ -424,6 +424,8 @@ fn one(
                     r.url(),
                     "--redis-prefix".into(),
                     prefix.clone(),
+                    "--sse-heartbeat".into(),
+                    format!("{}s", p.million_heartbeat_secs),
                 ],
             )?,
             None => Server::start_floor(&env.floor, &log)?,
@@ -457,7 +459,8 @@ fn one(
     let _ = std::fs::remove_file(&json);
     let mut sp = run.spawn(&env.stress, &json, &log)?;
 
-    // Ramp: the curve, about once a second, until everything is held.
+    // Ramp: the curve, until everything is held: a reading every 100 ms while under 5 %
+    // of N is held (so the curve starts near 10,000 at a million), then every second.
     let ramp_start = Instant::now();
     let ramp_deadline = ramp_start + ramp * 3 + Duration::from_secs(30);
     let mut curve = Vec::new();
@@ -475,7 +478,11 @@ fn one(
         if h >= n || Instant::now() >= ramp_deadline || !matches!(sp.try_wait(), Ok(None)) {
             break h;
         }
-        std::thread::sleep(Duration::from_secs(1));
+        std::thread::sleep(if h < n / 20 {
+            Duration::from_millis(100)
+        } else {
+            Duration::from_secs(1)
+        });
     };
     row.curve = curve;
     if held < n {

@@ -1234,6 +1234,7 @@ mod tests {
                 million_modes: vec!["longpoll".into()],
                 million_per_node: 1500,
                 million_rate: 1,
+                million_heartbeat_secs: 120,
             },
             loadavg_start: String::new(),
             loadavg_end: String::new(),

@@ -132,6 +132,8 @@ pub struct Params {
     pub million_modes: Vec<String>,
     pub million_per_node: u64,
     pub million_rate: u64,
+    /// holdfast's `--sse-heartbeat` in the 1M run (the floor sends none).
+    pub million_heartbeat_secs: u64,
 }
 
 /// Binaries and places one run uses.

@@ -129,9 +129,12 @@ impl Server {
         cmd.args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
             .args(["--threads", &threads.to_string()])
             .args(["--poll-timeout", &format!("{POLL_TIMEOUT_SECS}s")])
-            .args(["--max-poll-timeout", &format!("{POLL_TIMEOUT_SECS}s")])
-            .args(["--sse-heartbeat", &format!("{SSE_HEARTBEAT_SECS}s")])
-            .args(extra)
+            .args(["--max-poll-timeout", &format!("{POLL_TIMEOUT_SECS}s")]);
+        // The common heartbeat unless `extra` sets its own (the 1M run does).
+        if !extra.iter().any(|a| a == "--sse-heartbeat") {
+            cmd.args(["--sse-heartbeat", &format!("{SSE_HEARTBEAT_SECS}s")]);
+        }
+        cmd.args(extra)
             // holdfast reads `--redis` from HOLDFAST_REDIS too: a standalone node must
             // not turn into a cluster node because the harness's caller has it set.
             .env_remove("HOLDFAST_REDIS");
