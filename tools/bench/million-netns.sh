@@ -23,25 +23,50 @@
 # holdfast-bench and the binaries beside it are.
 set -euo pipefail
 
-bin=${BIN_DIR:-target/release}
+root=$(cd "$(dirname "$0")/../.." && pwd)
+bin=${BIN_DIR:-$root/target/release}
 key=/proc/sys/net/ipv4/tcp_child_ehash_entries
+want=2097152
 if [ ! -w "$key" ]; then
     echo "million-netns.sh: needs root and Linux 6.1+ ($key not writable)" >&2
     exit 2
 fi
+if [ ! -x "$bin/holdfast-bench" ]; then
+    echo "million-netns.sh: $bin/holdfast-bench not found (cargo build --release --workspace)" >&2
+    exit 2
+fi
 old=$(cat "$key")
-echo 2097152 >"$key"
-# The namespace is created by unshare; the host's value goes back as soon as the
-# child has started, whatever happens after.
+child=
 restore() { echo "$old" >"$key"; }
+# The host's value goes back on every way out; a signal to this script is passed to
+# the harness, which stops everything it started, and waited for.
 trap restore EXIT
+trap 'if [ -n "$child" ]; then kill -TERM "$child" 2>/dev/null; wait "$child"; fi; exit 130' INT TERM
+echo "$want" >"$key"
+# holdfast and the floor only: nchan is not run at this scale, and a namespace with
+# only loopback has no package mirror to install it from.
 unshare --net -- bash -c '
     set -e
-    ip link set lo up 2>/dev/null || { echo "million-netns.sh: ip (iproute2) is needed" >&2; exit 2; }
-    echo "million-netns.sh: tcp_ehash_entries in the namespace: $(cat /proc/sys/net/ipv4/tcp_ehash_entries)" >&2
-    exec "$0" --only million "$@"
-' "$bin/holdfast-bench" "$@" &
+    ip link set lo up || { echo "million-netns.sh: ip (iproute2) is needed" >&2; exit 2; }
+    have=$(cat /proc/sys/net/ipv4/tcp_ehash_entries)
+    if [ "$have" != "$1" ]; then
+        echo "million-netns.sh: the namespace got $have hash buckets, not $1" >&2
+        exit 1
+    fi
+    echo "million-netns.sh: tcp_ehash_entries in the namespace: $have" >&2
+    bench=$2
+    shift 2
+    exec "$bench" --only million --servers holdfast,floor --no-install "$@"
+' million-netns "$want" "$bin/holdfast-bench" "$@" &
 child=$!
-sleep 1
+# Put the host's value back once the namespace exists (it is read when the namespace
+# is created, and only then): wait until the child is in a network namespace other
+# than ours, for at most 10 s.
+for _ in $(seq 1 100); do
+    if [ "$(readlink "/proc/$child/ns/net" 2>/dev/null)" != "$(readlink /proc/$$/ns/net)" ]; then
+        break
+    fi
+    sleep 0.1
+done
 restore
 wait "$child"

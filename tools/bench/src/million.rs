@@ -7,7 +7,7 @@
 //! One process may hold under 20,000 sockets here (the open-file hard limit), so the
 //! subscriptions are spread over ⌈N / per-node⌉ server processes, and the stress tool
 //! spreads its side over ⌈N / 15,000⌉ worker processes and 509 loopback source
-//! addresses. Before anything starts, [`preflight`] checks that the machine can take
+//! addresses. Before anything starts, [`check`] checks that the machine can take
 //! it (memory, open files, processes, the ephemeral port range, `somaxconn`,
 //! conntrack) and refuses with the setting to change; `tuning/README.md` gives each
 //! setting's reason. Every phase is bounded; every process is in a process group the
@@ -269,6 +269,10 @@ pub fn check(m: &Machine, n: u64, per_node: u64) -> Result<Vec<String>, String> 
     }
 }
 
+fn received_any(row: &Row) -> bool {
+    row.get("received").is_some_and(|r| r > 0.0)
+}
+
 /// Now, in unix µs (the stress tool's payload clock).
 fn unix_micros() -> u64 {
     std::time::SystemTime::now()
@@ -283,7 +287,13 @@ fn held_patiently(servers: &[&Server]) -> io::Result<u64> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         match scenarios::held(servers) {
-            Err(e) if Instant::now() < deadline && e.kind() == io::ErrorKind::WouldBlock => {
+            Err(e)
+                if Instant::now() < deadline
+                    && matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+            {
                 std::thread::sleep(Duration::from_millis(100));
             }
             r => return r,
@@ -446,7 +456,7 @@ fn one(
     run.publish_once = redis.is_some();
     // Long enough for the settle, memory reading and idle window after the last
     // connection is held, before the stress tool publishes.
-    run.hold = SETTLE + IDLE_WINDOW + Duration::from_secs(4);
+    run.hold = SETTLE + IDLE_WINDOW + Duration::from_secs(8);
     let ramp = Duration::from_secs_f64(n as f64 / p.million_rate as f64);
     let drain = Duration::from_secs(10 + n / 20_000);
     run.max_time = ramp * 3 + run.hold + drain + Duration::from_secs(60);
@@ -516,10 +526,7 @@ fn one(
     std::thread::sleep(IDLE_WINDOW);
     let i1 = Tick::take(&refs, &mut others)?;
     let idle_secs = i1.at.duration_since(i0.at).as_secs_f64();
-    row.set(
-        "idle_cpu_percent",
-        i1.servers.since(i0.servers).ns as f64 / 1e9 / idle_secs * 100.0,
-    );
+    let idle_percent = i1.servers.since(i0.servers).ns as f64 / 1e9 / idle_secs * 100.0;
 
     // Fan-out: a CPU reading every 100 ms from here until the stress tool exits. The
     // window is placed afterwards from the stress tool's own clock: it starts at the
@@ -539,12 +546,24 @@ fn one(
         row.set("ramp_per_sec", div(held_now, s));
     }
     let published_at = end.summary.as_ref().map_or(0, |s| s.first_publish_unix_us);
+    // The idle window counts only if it ended before the publish (the stress tool's
+    // hold leaves 8 s of margin, but a slow `/stats` after the ramp eats into it).
+    if published_at > 0 && i1.wall > published_at {
+        row.notes
+            .push("idle CPU not reported: the publish came before the idle window ended".into());
+    } else {
+        row.set("idle_cpu_percent", idle_percent);
+    }
+    let Some(max_us) = row.get("latency_max_us").filter(|_| received_any(row)) else {
+        row.notes
+            .push("no fan-out figures: no delivery was received".into());
+        return Ok(());
+    };
     let Some(start) = ticks.iter().rev().find(|t| t.wall <= published_at).copied() else {
         row.notes
             .push("no CPU reading before the publish (or nothing was published)".into());
         return Ok(());
     };
-    let max_us = row.get("latency_max_us").unwrap_or(0.0);
     let t_end = published_at + max_us as u64;
     let last = ticks
         .iter()

@@ -53,10 +53,13 @@ pub fn floor_ratios(rows: &mut [Row]) {
     }
     let floors: Vec<Row> = rows.iter().filter(|r| is_floor(r)).cloned().collect();
     for r in rows.iter_mut().filter(|r| !is_floor(r)) {
-        let Some(f) = floors
-            .iter()
-            .find(|f| f.scenario == r.scenario && f.connections == r.connections)
-        else {
+        // Same scenario and N, and in the cluster scenarios the same number of
+        // processes (the floor row stands beside the K-node setup only).
+        let Some(f) = floors.iter().find(|f| {
+            f.scenario == r.scenario
+                && f.connections == r.connections
+                && f.get("nodes") == r.get("nodes")
+        }) else {
             continue;
         };
         for (metric, key, inverse) in FLOOR_RATIOS {
@@ -132,7 +135,11 @@ pub fn write_all(dir: &Path, meta: &Meta, rows: &[Row]) -> io::Result<Vec<String
             plots.push(file);
         }
     }
-    if rows.iter().any(|r| r.curve.len() > 1) {
+    if rows.iter().any(|r| {
+        r.curve
+            .iter()
+            .any(|p| p.held >= (r.connections / 100).max(100))
+    }) {
         let file = "million_memory.svg";
         million_plot(&dir.join(file), rows)
             .map_err(|e| io::Error::other(format!("{file}: {e}")))?;
@@ -504,13 +511,15 @@ pub fn markdown(meta: &Meta, rows: &[Row], plots: &[&str]) -> String {
         );
         let _ = writeln!(
             o,
-            "holdfast only, three setups in the same run: one standalone node (no Redis), one \
+            "holdfast, three setups in the same run: one standalone node (no Redis), one \
              node in cluster mode (`--redis`), and K nodes in cluster mode on the same Redis with \
              the N long-poll subscribers spread evenly over them (round-robin) and the one \
-             publish sent to node 0's admin listener. {FANOUT_METHOD} CPU is summed over the \
-             nodes; Redis's CPU (schedstat) over the same window is beside it. The stress tool \
-             runs with `--publish-once`: it publishes through node 0 only and reads every \
-             node's `/stats` to know the node holds its share. Messages from Redis = Σ over nodes of \
+             publish sent to node 0's admin listener; and the floor over K processes, each \
+             published to through its own admin listener (it has no backplane; its ratios \
+             stand beside the K-node row). {FANOUT_METHOD} CPU is summed over the \
+             nodes; Redis's CPU (schedstat) over the same window is beside it. For holdfast \
+             the stress tool runs with `--publish-once`: it publishes through node 0 only and \
+             reads every node's `/stats` to know the node holds its share. Messages from Redis = Σ over nodes of \
              `/stats` `backplane_received` (one per node means no per-subscriber traffic); \
              Redis PUBLISH calls from `INFO commandstats`. Subscribes read from Redis = Σ \
              `backplane_fetches`: polls a node answered from Redis because it did not hold \
@@ -761,14 +770,17 @@ const MILLION_METHOD: &str = "N subscriptions spread over ⌈N ÷ per-process⌉
      `--threads 1`) on one redis-server, and **one publish through node 0** \
      (`holdfast-stress --publish-once`), which reaches the other nodes through Redis. \
      floor: as many `holdfast-floor` processes, each published to through its own admin \
-     address at the same moment (it has no backplane). The two run one after the other \
-     with the same stress settings. publish → last receipt = the stress tool's largest \
-     publish → receipt latency; deliveries/s = received ÷ that. CPU during the fan-out: \
-     from the last reading (every 100 ms) before node 0 counted the publish to the \
-     first reading after the last receipt, Σ over the server processes (schedstat), and \
-     the stress tool's processes over the same window (100 % = one core; the machine \
-     has two for everything). Idle CPU: Σ server processes over 4 s with everything \
-     held. RSS B/conn = Σ RSS growth from before the ramp to 2 s after the last \
+     address by one thread per address (it has no backplane); every copy carries the \
+     moment the stress tool began the round, so its latency counts from the same \
+     instant as holdfast's one publish. The two run one after the other with the same \
+     stress settings. publish → last receipt = the stress tool's largest publish → \
+     receipt latency; deliveries/s = received ÷ that. CPU during the fan-out: CPU is \
+     read every 100 ms, and the window runs from the last reading before the stress \
+     tool sent the publish (its `first_publish_unix_us`) to the first reading after \
+     that + the largest latency, Σ over the server processes (schedstat), and the \
+     stress tool's processes over the same window (100 % = one core; the machine has \
+     two for everything). Idle CPU: Σ server processes over 4 s with everything held, \
+     before the publish. RSS B/conn = Σ RSS growth from before the ramp to 2 s after the last \
      connection was held ÷ held; kernel Slab = machine-wide growth ÷ held (both ends of \
      each connection); machine used = growth of MemTotal − MemAvailable ÷ held. Ratios \
      (× floor) are to the floor's row of the same mode in the same run.";
@@ -995,15 +1007,15 @@ fn idle_plot(path: &Path, rows: &[Row], scenario: &str, what: &str) -> PlotResul
     Ok(())
 }
 
+/// One line of the 1M plot: label, colour, solid (long-poll) or hollow, and points of
+/// (held, user-space bytes per connection, kernel bytes per connection).
+type MillionLine = (String, RGBColor, bool, Vec<(f64, f64, f64)>);
+
 /// The 1M run's memory against connections held, sampled during the ramp: user-space
 /// bytes per connection (Σ server RSS growth ÷ held) and kernel bytes per connection
 /// (machine-wide Slab growth ÷ held, both ends), log-log, one line per server and mode.
 /// Samples under 1 % of the run's N are left out (a few hundred connections say more
 /// about page granularity than about a connection).
-/// One line of the 1M plot: label, colour, solid (long-poll) or hollow, and points of
-/// (held, user-space bytes per connection, kernel bytes per connection).
-type MillionLine = (String, RGBColor, bool, Vec<(f64, f64, f64)>);
-
 fn million_plot(path: &Path, rows: &[Row]) -> PlotResult {
     let lines: Vec<MillionLine> = rows
         .iter()
@@ -1027,7 +1039,12 @@ fn million_plot(path: &Path, rows: &[Row]) -> PlotResult {
                 pts,
             )
         })
+        // A run that failed early has no sample at 1 % of N: no line.
+        .filter(|l: &MillionLine| !l.3.is_empty())
         .collect();
+    if lines.is_empty() {
+        return Ok(());
+    }
     let all = lines.iter().flat_map(|l| l.3.iter());
     let xlo = all.clone().map(|p| p.0).fold(f64::MAX, f64::min).max(1.0) * 0.9;
     let xhi = all.clone().map(|p| p.0).fold(10.0, f64::max) * 1.1;

@@ -393,9 +393,16 @@ impl Run {
     /// Publishes message `seq` through every admin address at once (the first only with
     /// `--publish-once`); returns how many were accepted.
     fn publish_round(&mut self, seq: u32) -> u64 {
+        // One send time for the whole round, carried by every copy: with several
+        // independent servers, latency counts from when the round began, not from when
+        // each thread got its connection through (which on a busy machine can be
+        // hundreds of ms apart).
+        let sent = unix_micros();
         if self.first_publish_us == 0 {
-            self.first_publish_us = unix_micros();
+            self.first_publish_us = sent;
         }
+        let payload = http::payload(sent, seq);
+        let payload = payload.as_str();
         let channel = &self.plan.args.channel;
         let admins = &self.plan.args.admin;
         let through = if self.plan.args.publish_once {
@@ -406,11 +413,7 @@ impl Run {
         let results: Vec<Result<(), String>> = std::thread::scope(|s| {
             let handles: Vec<_> = through
                 .iter()
-                .map(|&a| {
-                    s.spawn(move || {
-                        publish::publish(a, channel, &http::payload(unix_micros(), seq))
-                    })
-                })
+                .map(|&a| s.spawn(move || publish::publish(a, channel, payload)))
                 .collect();
             handles
                 .into_iter()

@@ -58,6 +58,7 @@ const WS_101: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r
 #[derive(Parser, Debug)]
 #[command(
     name = "holdfast-floor",
+    version,
     about = "Bare-epoll reference server: the least work per held connection and per delivery"
 )]
 struct Args {
