@@ -111,20 +111,24 @@ pub fn cpu(pid: u32) -> io::Result<Cpu> {
     Ok(Cpu { ticks, ns })
 }
 
+/// Field `name` (`"Slab"`, `"MemAvailable"`, …) of `/proc/meminfo` text, in bytes.
+pub fn meminfo_field(text: &str, name: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(name)?
+            .strip_prefix(':')?
+            .trim()
+            .strip_suffix("kB")?
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .map(|kb| kb * 1024)
+    })
+}
+
 /// `Slab` from `/proc/meminfo`, bytes. Machine-wide: every socket on the machine counts.
 pub fn slab_bytes() -> io::Result<u64> {
     let text = fs::read_to_string("/proc/meminfo")?;
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix("Slab:")?
-                .trim()
-                .strip_suffix("kB")?
-                .trim()
-                .parse::<u64>()
-                .ok()
-        })
-        .map(|kb| kb * 1024)
-        .ok_or_else(|| invalid("/proc/meminfo: no Slab line".into()))
+    meminfo_field(&text, "Slab").ok_or_else(|| invalid("/proc/meminfo: no Slab line".into()))
 }
 
 /// TCP sockets in use and in TIME_WAIT, machine-wide, from `/proc/net/sockstat`: the

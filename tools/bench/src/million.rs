@@ -82,19 +82,8 @@ fn read_u64(path: &str) -> Option<u64> {
 /// `MemTotal − MemAvailable`, bytes: what the machine uses.
 pub fn machine_used() -> Option<u64> {
     let info = read("/proc/meminfo")?;
-    let field = |k: &str| {
-        info.lines()
-            .find_map(|l| {
-                l.strip_prefix(k)?
-                    .trim()
-                    .strip_suffix("kB")?
-                    .trim()
-                    .parse::<u64>()
-                    .ok()
-            })
-            .map(|kb| kb * 1024)
-    };
-    Some(field("MemTotal:")?.saturating_sub(field("MemAvailable:")?))
+    let field = |k| measure::meminfo_field(&info, k);
+    Some(field("MemTotal")?.saturating_sub(field("MemAvailable")?))
 }
 
 /// A soft/hard pair from `/proc/self/limits` (`"Max open files"`, `"Max processes"`).
@@ -130,16 +119,8 @@ pub struct Machine {
 
 impl Machine {
     pub fn read() -> Machine {
-        let info = read("/proc/meminfo").unwrap_or_default();
-        let mem_available = info.lines().find_map(|l| {
-            l.strip_prefix("MemAvailable:")?
-                .trim()
-                .strip_suffix("kB")?
-                .trim()
-                .parse::<u64>()
-                .ok()
-                .map(|kb| kb * 1024)
-        });
+        let mem_available =
+            read("/proc/meminfo").and_then(|info| measure::meminfo_field(&info, "MemAvailable"));
         let port_range = read("/proc/sys/net/ipv4/ip_local_port_range").and_then(|s| {
             let mut w = s.split_whitespace().map(|v| v.parse::<u64>().ok());
             Some((w.next()??, w.next()??))
